@@ -1,0 +1,153 @@
+"""The CelebA file layout: attribute and partition files, read and written.
+
+Two readers on purpose: `read_attribute_frame` is lenient and keeps whatever the file
+holds (short rows become nulls, odd tokens stay strings) so that validation can report
+every defect; `load_attributes` is strict and is what later stages use on data that
+passed validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cvae.errors import CvaeError
+
+IMAGE_DIR = "img_align_celeba"
+ATTRIBUTE_FILE = "list_attr_celeba.txt"
+PARTITION_FILE = "list_eval_partition.txt"
+IMAGE_ID_COLUMN = "image_id"
+SPLITS = ("train", "val", "test")  # partition codes 0, 1, 2
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair",
+    "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair",
+    "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
+    "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AttributeFile:
+    """What an attribute file says, before any judgement of it."""
+
+    path: Path
+    declared_count: str  # line 1, as written
+    names: list[str]
+    frame: pd.DataFrame  # image_id + one column per name; short rows hold None
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """A validated attribute table: ids, names and a {-1, 1} int8 matrix."""
+
+    image_ids: list[str]
+    names: list[str]
+    values: np.ndarray  # (n_images, n_attributes), int8
+
+    def subset(self, rows: np.ndarray) -> Attributes:
+        return Attributes([self.image_ids[i] for i in rows], self.names, self.values[rows])
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CvaeError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise CvaeError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
+    # splitlines() handles the CRLF line ends that some CelebA copies have.
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _token(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def read_attribute_frame(path: str | Path) -> AttributeFile:
+    path = Path(path)
+    lines = _lines(path)
+    if len(lines) < 2:
+        raise CvaeError(
+            f"{path}: expected an image count on line 1 and attribute names on line 2,"
+            f" found {len(lines)} non-empty line(s)"
+        )
+    names = lines[1].split()  # the real header ends in a space; split() ignores it
+    rows = [line.split() for line in lines[2:]]
+    # Short rows are padded with nulls; values beyond the header land in extra columns,
+    # so that validation sees both instead of the reader guessing.
+    width = max([len(names)] + [len(row) - 1 for row in rows])
+    extra = [f"extra_value_{k}" for k in range(1, width - len(names) + 1)]
+    records = [[row[0], *map(_token, row[1:]), *[None] * (width + 1 - len(row))] for row in rows]
+    frame = pd.DataFrame(records, columns=[IMAGE_ID_COLUMN, *names, *extra], dtype=object)
+    return AttributeFile(path, lines[0].strip(), names, frame)
+
+
+def load_attributes(path: str | Path) -> Attributes:
+    """Strict reader: every problem is an error naming the file and the line."""
+    path = Path(path)
+    lines = _lines(path)
+    if len(lines) < 2:
+        raise CvaeError(f"{path}: expected a count line and a header line")
+    names = lines[1].split()
+    ids, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        image_id, *tokens = line.split()
+        if len(tokens) != len(names):
+            raise CvaeError(
+                f"{path}:{number}: expected {len(names)} values after {image_id}, got {len(tokens)}"
+            )
+        try:
+            row = [int(token) for token in tokens]
+        except ValueError:
+            raise CvaeError(f"{path}:{number}: values must be -1 or 1: {line.strip()!r}") from None
+        if any(value not in (-1, 1) for value in row):
+            raise CvaeError(f"{path}:{number}: values must be -1 or 1: {line.strip()!r}")
+        ids.append(image_id)
+        rows.append(row)
+    values = np.asarray(rows, dtype=np.int8).reshape(len(rows), len(names))
+    return Attributes(ids, names, values)
+
+
+def write_attributes(path: str | Path, attributes: Attributes) -> None:
+    """Write in CelebA's own format: count, names with a trailing space, aligned values."""
+    lines = [str(len(attributes.image_ids)), " ".join(attributes.names) + " "]
+    for image_id, row in zip(attributes.image_ids, attributes.values, strict=True):
+        lines.append(image_id + " " + " ".join(f"{int(value):2d}" for value in row))
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_partition(path: str | Path) -> dict[str, int]:
+    path = Path(path)
+    partition = {}
+    for number, line in enumerate(_lines(path), start=1):
+        fields = line.split()
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise CvaeError(f"{path}:{number}: expected '<image_id> 0|1|2', got {line.strip()!r}")
+        partition[fields[0]] = int(fields[1])
+    return partition
+
+
+def write_partition(path: str | Path, partition: dict[str, int]) -> None:
+    text = "".join(f"{image_id} {code}\n" for image_id, code in partition.items())
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def deterministic_partition(ids: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """A deterministic train/val/test assignment (0/1/2) for ids, drawn from `seed`."""
+    order = np.random.default_rng([seed, 0xC0DE]).permutation(len(ids))
+    n_val = round(len(ids) * val_fraction)
+    n_test = round(len(ids) * test_fraction)
+    codes = np.zeros(len(ids), dtype=np.int64)
+    codes[order[:n_val]] = 1
+    codes[order[n_val:n_val + n_test]] = 2
+    return {image_id: int(code) for image_id, code in zip(ids, codes, strict=True)}

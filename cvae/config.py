@@ -1,0 +1,127 @@
+"""Typed view of params.yaml: unknown keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cvae.errors import CvaeError
+
+
+class _Section(BaseModel):
+    # strict: "3" is not an int and 1 is not a string; a typo in a key is an error.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    source: str = "synthetic"
+    synthetic_images: int = Field(4000, ge=1)
+    crop: int = Field(148, ge=1)
+    image_size: int = Field(64, ge=4)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class TrainParams(_Section):
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    latent_dim: int = Field(32, ge=1)
+    filters: list[int] = Field([32, 64, 128, 256], min_length=1)
+    beta: float = Field(1.0, ge=0.0)
+    decoder_std: float = Field(0.1, gt=0.0)
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(256, ge=1)
+
+
+class VisualizeParams(_Section):
+    reconstructions: int = Field(8, ge=1)
+    samples: int = Field(16, ge=1)
+    sweep_steps: int = Field(10, ge=2)
+    sweep_range: float = Field(1.5, gt=0.0)
+    latent_color_attribute: str = "Smiling"
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams = DataParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    visualize: VisualizeParams = VisualizeParams()
+
+    @model_validator(mode="after")
+    def _image_size_fits_the_model(self) -> Params:
+        levels = 2 ** len(self.train.filters)
+        if self.data.image_size % levels:
+            raise ValueError(
+                f"data.image_size ({self.data.image_size}) must divide by 2**len(train.filters)"
+                f" = {levels}"
+            )
+        return self
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read `path`, apply `section.key=value` overrides, and check every key and type."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CvaeError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise CvaeError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CvaeError(f"{path}: expected a mapping of sections at the top level")
+    for override in overrides or []:
+        _apply_override(raw, override)
+    return params_from_dict(raw, source=str(path))
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{source}: {'.'.join(str(part) for part in error['loc']) or '(top level)'}: "
+            f"{_explain(error)}"
+            for error in exc.errors()
+        ]
+        raise CvaeError("\n".join(problems)) from None
+
+
+def _explain(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    got = error.get("input")
+    return f"{error['msg'].lower()} (got {got!r})" if not isinstance(got, dict) else error["msg"]
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise CvaeError(f"--set {override!r}: expected section.key=value")
+    # YAML parses the value the way params.yaml would: 3 -> int, 0.5 -> float, [a, b] -> list.
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CvaeError(f"--set {override!r}: value is not valid YAML: {exc}") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise CvaeError(f"--set {override!r}: {part} is not a section")
+        node = child
+    node[leaf] = value

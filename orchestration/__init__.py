@@ -1,0 +1,1 @@
+"""Dagster definitions for the cvae pipeline: thin assets that run DVC stages."""

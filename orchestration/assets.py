@@ -1,0 +1,198 @@
+"""One Dagster asset per DVC stage, with the asset graph read from dvc.yaml.
+
+Each asset runs its stage through DVC (so dvc.lock records the run) and reports what the
+stage produced: the dvc.lock hashes as data version and metadata, plus what people look
+at (counts, metrics, figures). Stages absent from STAGE_ASSETS fail the import, so the
+two graphs cannot drift apart silently.
+"""
+
+
+import base64
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError  # not re-exported by dagster
+
+from orchestration.dvc_pipeline import (
+    PROJECT_ROOT,
+    DvcProject,
+    data_version,
+    read_stages,
+    recorded_outputs,
+    upstream_stages,
+)
+
+DVC_POOL = "dvc"  # assets that call DVC run one at a time: DVC locks its workspace
+VALIDATION_CHECK = "attribute_table_valid"
+
+
+@dataclass(frozen=True)
+class StageAsset:
+    name: str
+    group: str
+    description: str
+
+
+STAGE_ASSETS = {
+    "download": StageAsset("raw_images", "data", "The raw dataset in CelebA layout (data/raw): images, "
+                           "list_attr_celeba.txt and list_eval_partition.txt, from `data.source`."),
+    "validate": StageAsset("validation_report", "data", "Great Expectations report on the attribute table "
+                           "(reports/validation); its blocking check keeps bad data from `prepare` and `train`."),
+    "prepare": StageAsset("prepared_images", "data", "Centre-cropped, resized uint8 images and attributes per "
+                          "split (data/prepared)."),
+    "train": StageAsset("cvae_model", "model", "The trained conditional VAE (models/cvae.keras) and its "
+                        "per-epoch history (reports/train)."),
+    "evaluate": StageAsset("evaluation_metrics", "model", "Held-out reconstruction MSE, KL and ELBO "
+                           "(reports/metrics.json)."),
+    "visualize": StageAsset("figures", "model", "Reconstructions, random conditional samples, the Male x Smiling "
+                            "sweep and the latent map (reports/figures)."),
+}
+
+
+def _png_markdown(path: Path, caption: str) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f"**{caption}**\n\n![{path.name}](data:image/png;base64,{encoded})"
+
+
+def _validation_metadata(root: Path) -> dict:
+    summary = json.loads((root / "reports/validation/summary.json").read_text())
+    return {
+        "rows": summary["rows"],
+        "expectations_evaluated": summary["evaluated"],
+        "expectations_failed": len(summary["failed"]),
+        "report": dg.MetadataValue.path(str(root / "reports/validation/summary.md")),
+    }
+
+
+def _prepared_metadata(root: Path) -> dict:
+    meta = json.loads((root / "data/prepared/meta.json").read_text())
+    return {
+        **{f"{split}_images": count for split, count in meta["splits"].items()},
+        "image_size": meta["image_size"],
+        "attributes": len(meta["attribute_names"]),
+    }
+
+
+def _model_metadata(root: Path) -> dict:
+    with (root / "reports/train/history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    last = rows[-1]
+    return {
+        "epochs": len(rows),
+        **{f"final_{name}": dg.MetadataValue.float(float(value)) for name, value in last.items() if name != "epoch"},
+        "model_path": dg.MetadataValue.path(str(root / "models/cvae.keras")),
+    }
+
+
+def _metrics_metadata(root: Path) -> dict:
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    return {name: dg.MetadataValue.float(float(value)) for name, value in metrics.items()}
+
+
+def _figures_metadata(root: Path) -> dict:
+    from cvae.figures import CAPTIONS
+
+    folder = root / "reports/figures"
+    metadata = {}
+    for name, caption in CAPTIONS.items():
+        stem = Path(name).stem
+        metadata[stem] = dg.MetadataValue.md(_png_markdown(folder / name, caption))
+        metadata[f"{stem}_path"] = dg.MetadataValue.path(str(folder / name))
+    return metadata
+
+
+def _raw_metadata(root: Path) -> dict:
+    from cvae.celeba import IMAGE_DIR
+
+    return {"images": sum(1 for _ in (root / "data/raw" / IMAGE_DIR).iterdir())}
+
+
+DESCRIBE: dict[str, Callable[[Path], dict]] = {
+    "download": _raw_metadata,
+    "validate": _validation_metadata,
+    "prepare": _prepared_metadata,
+    "train": _model_metadata,
+    "evaluate": _metrics_metadata,
+    "visualize": _figures_metadata,
+}
+
+
+def _lock_metadata(root: Path, stage: str) -> tuple[dict, dg.DataVersion]:
+    hashes = recorded_outputs(root, stage)
+    return {"dvc_stage": stage, "dvc_lock_md5": dg.MetadataValue.json(hashes)}, data_version(hashes)
+
+
+def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
+                       pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    """Run `validate`; a data failure is a failed blocking check, not a crashed asset, so the
+    UI shows which expectations failed while `prepare` and `train` are held back."""
+    started = time.time()
+    try:
+        dvc.repro(context, pipes, "validate")
+        stage_failed = False
+    except DagsterPipesExecutionError:
+        stage_failed = True
+    report = dvc.root / "reports/validation/summary.json"
+    if not report.exists() or report.stat().st_mtime < started:
+        raise dg.Failure("the validate stage failed before writing a report; see the step's logs")
+    summary = json.loads(report.read_text())
+    if stage_failed and summary["success"]:
+        raise dg.Failure("the validate stage failed although the data passed; see the step's logs")
+    lock_metadata, version = _lock_metadata(dvc.root, "validate")
+    check = dg.AssetCheckResult(
+        check_name=VALIDATION_CHECK,
+        passed=bool(summary["success"]),
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "failed_expectations": dg.MetadataValue.json(summary["failed"]),
+            "report": dg.MetadataValue.path(str(dvc.root / "reports/validation/summary.md")),
+        },
+    )
+    return dg.MaterializeResult(
+        metadata={**_validation_metadata(dvc.root), **lock_metadata},
+        data_version=version if not stage_failed else None,
+        check_results=[check],
+    )
+
+
+def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
+    spec = STAGE_ASSETS[stage]
+    check_specs = (
+        [dg.AssetCheckSpec(VALIDATION_CHECK, asset=spec.name, blocking=True,
+                           description="The attribute table passes the Great Expectations suite.")]
+        if stage == "validate" else []
+    )
+
+    @dg.asset(
+        name=spec.name,
+        deps=sorted(STAGE_ASSETS[name].name for name in upstream),
+        group_name=spec.group,
+        description=spec.description,
+        kinds={"dvc", "python"},
+        pool=DVC_POOL,
+        check_specs=check_specs,
+        metadata={"dvc_stage": stage},
+    )
+    def _asset(context: dg.AssetExecutionContext, dvc: DvcProject,
+               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+        if stage == "validate":
+            return _validation_result(context, dvc, pipes_subprocess_client)
+        dvc.repro(context, pipes_subprocess_client, stage)
+        lock_metadata, version = _lock_metadata(dvc.root, stage)
+        return dg.MaterializeResult(metadata={**DESCRIBE[stage](dvc.root), **lock_metadata}, data_version=version)
+
+    return _asset
+
+
+def build_stage_assets(dvc_yaml: Path = PROJECT_ROOT / "dvc.yaml") -> list[dg.AssetsDefinition]:
+    stages = read_stages(dvc_yaml)
+    unknown = set(stages) ^ set(STAGE_ASSETS)
+    if unknown:
+        raise ValueError(f"{dvc_yaml} and orchestration.assets.STAGE_ASSETS disagree on stages: {sorted(unknown)}")
+    upstream = upstream_stages(stages)
+    return [_stage_asset(stage, upstream[stage]) for stage in stages]

@@ -1,0 +1,14 @@
+"""Entry point for `dagster dev -m orchestration.definitions` and the webserver."""
+
+import dagster as dg
+
+from orchestration.assets import build_stage_assets
+from orchestration.dvc_pipeline import DvcProject
+from orchestration.schedules import nightly_retrain, retrain_job
+
+defs = dg.Definitions(
+    assets=build_stage_assets(),
+    jobs=[retrain_job],
+    schedules=[nightly_retrain],
+    resources={"dvc": DvcProject(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
+)

@@ -1,0 +1,110 @@
+"""The DVC pipeline as Dagster sees it: the stage graph from dvc.yaml, the hashes from
+dvc.lock, and a resource that runs one stage through `dvc repro` under Dagster Pipes.
+
+DVC lives in its own virtualenv (its hydra dependency pins an antlr that breaks
+Dagster's asset selections), so this module never imports `dvc`: it reads DVC's YAML
+files and runs DVC's command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import dagster as dg
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]  # outs, metrics and plots declared by the stage
+
+
+def _paths(entries: list) -> tuple[str, ...]:
+    # an entry is "path" or {"path": {options}}
+    return tuple(next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries or [])
+
+
+def read_stages(dvc_yaml: Path) -> dict[str, Stage]:
+    spec = yaml.safe_load(dvc_yaml.read_text())
+    return {
+        name: Stage(
+            name=name,
+            deps=_paths(body.get("deps")),
+            outs=_paths(body.get("outs")) + _paths(body.get("metrics")) + _paths(body.get("plots")),
+        )
+        for name, body in spec["stages"].items()
+    }
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = PurePosixPath(path), PurePosixPath(folder)
+    return path == folder or folder in path.parents
+
+
+def upstream_stages(stages: dict[str, Stage]) -> dict[str, set[str]]:
+    """For each stage, the stages whose outputs it depends on (as DVC links them)."""
+    return {
+        stage.name: {
+            other.name
+            for other in stages.values()
+            if other.name != stage.name
+            and any(_inside(dep, out) or _inside(out, dep) for dep in stage.deps for out in other.outs)
+        }
+        for stage in stages.values()
+    }
+
+
+def read_lock(project_dir: Path) -> dict:
+    path = project_dir / "dvc.lock"
+    return yaml.safe_load(path.read_text()).get("stages", {}) if path.exists() else {}
+
+
+def recorded_outputs(project_dir: Path, stage: str) -> dict[str, str]:
+    """The md5 that dvc.lock records for each output of `stage` ({} if not recorded)."""
+    entry = read_lock(project_dir).get(stage, {})
+    return {out["path"]: out.get("md5", "") for out in entry.get("outs", [])}
+
+
+def data_version(hashes: dict[str, str]) -> dg.DataVersion:
+    digest = hashlib.sha256("\n".join(f"{p}={h}" for p, h in sorted(hashes.items())).encode()).hexdigest()
+    return dg.DataVersion(digest[:16])
+
+
+class DvcProject(dg.ConfigurableResource):
+    """Where the DVC project is and which `dvc` runs it."""
+
+    project_dir: str = os.environ.get("CVAE_PROJECT_DIR", str(PROJECT_ROOT))
+    dvc_executable: str = ""  # empty: the project's .venv-dvc/bin/dvc, else `dvc` on PATH
+
+    @property
+    def root(self) -> Path:
+        return Path(self.project_dir)
+
+    def dvc_command(self) -> str:
+        if self.dvc_executable:
+            return self.dvc_executable
+        local = PROJECT_ROOT / ".venv-dvc" / "bin" / "dvc"
+        return str(local) if local.exists() else "dvc"
+
+    def stage_env(self) -> dict[str, str]:
+        # Stage commands call `cvae`: put this environment's bin first so DVC finds it.
+        bin_dir = str(Path(sys.executable).parent)
+        return {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+
+    def repro(self, context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, stage: str) -> None:
+        """Run one stage (not its upstream: Dagster orders those) and let DVC record it."""
+        context.log.info(f"dvc repro --single-item {stage} in {self.root}")
+        pipes.run(
+            context=context,
+            command=[self.dvc_command(), "--wait-for-lock", "repro", "--single-item", stage],
+            cwd=str(self.root),
+            env=self.stage_env(),
+        )

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny params, a synthetic dataset, and DVC projects in temporary git repos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvae.config import params_from_dict
+from cvae.synthetic import generate
+
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DVC = os.environ.get("CVAE_DVC", str(PROJECT / ".venv-dvc" / "bin" / "dvc"))
+
+# The fast settings every pipeline test runs with: few images, 32 px, one epoch.
+TINY = {
+    "seed": 7,
+    "data": {"synthetic_images": 96, "image_size": 32},
+    "train": {"epochs": 1, "batch_size": 16, "filters": [8, 16], "latent_dim": 4},
+    "evaluate": {"batch_size": 32},
+    "visualize": {"reconstructions": 4, "samples": 4, "sweep_steps": 3},
+}
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def merged(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def tiny_params_dict(**sections) -> dict:
+    """The project's params.yaml with the tiny settings (and `sections`) applied."""
+    base = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    return merged(merged(base, TINY), sections)
+
+
+@pytest.fixture
+def tiny_params():
+    return params_from_dict(tiny_params_dict())
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, num_images=48, seed=3, val_fraction=0.25, test_fraction=0.25, workers=1)
+    return root
+
+
+def stage_env() -> dict[str, str]:
+    # stage commands call `cvae`, which lives beside this interpreter
+    return {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=stage_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([DVC, *args], repo, check=check)
+
+
+def make_dvc_repo(path: Path, params: dict) -> Path:
+    """A fresh git + DVC project holding this project's dvc.yaml and the given params."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT / "dvc.yaml", path / "dvc.yaml")
+    shutil.copy(PROJECT / ".dvcignore", path / ".dvcignore")
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q", "-b", "main"], path)
+    run(["git", "config", "user.email", "test@example.com"], path)
+    run(["git", "config", "user.name", "test"], path)
+    dvc(path, "init", "-q")
+    dvc(path, "config", "core.analytics", "false")
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-q", "-m", "pipeline"], path)
+    return path
+
+
+@pytest.fixture
+def dvc_repo(tmp_path) -> Path:
+    return make_dvc_repo(tmp_path / "project", tiny_params_dict())

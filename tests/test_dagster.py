@@ -1,0 +1,106 @@
+"""The Dagster front door: real definitions, real DVC runs in a temporary git repo."""
+
+import json
+import re
+import shutil
+from datetime import datetime, timezone
+
+import dagster as dg
+import pytest
+import yaml
+
+from cvae.celeba import ATTRIBUTE_FILE
+from orchestration.assets import STAGE_ASSETS, VALIDATION_CHECK, build_stage_assets
+from orchestration.definitions import defs
+from orchestration.dvc_pipeline import DvcProject
+from orchestration.schedules import nightly_retrain
+from tests.conftest import DVC, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
+
+
+def resources(repo):
+    return {"dvc": DvcProject(project_dir=str(repo), dvc_executable=DVC),
+            "pipes_subprocess_client": dg.PipesSubprocessClient()}
+
+
+def materialized(result):
+    return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+
+
+def test_definitions_load_in_dagster_tooling():
+    # the same loader `dagster dev` and the webserver use
+    result = run([str(PROJECT / ".venv/bin/dagster"), "definitions", "validate", "-m", "orchestration.definitions"],
+                 PROJECT)
+    assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_asset_graph_agrees_with_dvc_dag(tmp_path):
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict())
+    edges = set(re.findall(r'"(\w+)" -> "(\w+)"', dvc(repo, "dag", "--dot").stdout))
+    dvc_edges = {(STAGE_ASSETS[a].name, STAGE_ASSETS[b].name) for a, b in edges}
+    graph = defs.resolve_asset_graph()
+    dagster_edges = {
+        (parent.to_user_string(), key.to_user_string())
+        for key in graph.get_all_asset_keys()
+        for parent in graph.get(key).parent_keys
+    }
+    assert dagster_edges == dvc_edges
+    assert len(dvc_edges) == 8
+
+
+def test_a_stage_without_an_asset_fails_the_import(tmp_path):
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    spec["stages"]["export"] = {"cmd": "cvae export", "deps": ["models/cvae.keras"], "outs": ["export"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"disagree on stages: \['export'\]"):
+        build_stage_assets(tmp_path / "dvc.yaml")
+
+
+def test_the_nightly_schedule_requests_a_retraining_run():
+    assert nightly_retrain.cron_schedule == "0 2 * * *"
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=timezone.utc))
+    requests = nightly_retrain.evaluate_tick(context).run_requests
+    assert len(requests) == 1
+    assert nightly_retrain.job_name == "retrain"
+    job = defs.resolve_job_def("retrain")
+    assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {
+        spec.name for spec in STAGE_ASSETS.values()
+    }
+
+
+def test_materializing_everything_leaves_dvc_clean(tmp_path):
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict())
+    result = dg.materialize(defs.assets, resources=resources(repo))
+    assert result.success
+    assert materialized(result) == {spec.name for spec in STAGE_ASSETS.values()}
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    by_asset = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    model = by_asset["cvae_model"].metadata
+    assert model["dvc_lock_md5"].data == {out["path"]: out["md5"] for out in lock["train"]["outs"]}
+    figures = by_asset["figures"].metadata
+    assert figures["samples"].value.count("data:image/png;base64,") == 1
+    assert figures["samples_path"].value.endswith("reports/figures/samples.png")
+    metrics = by_asset["evaluation_metrics"].metadata
+    assert metrics["mse"].value == json.loads((repo / "reports/metrics.json").read_text())["mse"]
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [(VALIDATION_CHECK, True)]
+
+
+def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path, synthetic_root):
+    delivery = tmp_path / "delivery"
+    shutil.copytree(synthetic_root, delivery)
+    lines = (delivery / ATTRIBUTE_FILE).read_text().splitlines()
+    image_id, _, *rest = lines[2].split()
+    lines[2] = " ".join([image_id, "7", *rest])  # a value outside {-1, 1} on the first row
+    (delivery / ATTRIBUTE_FILE).write_text("\n".join(lines) + "\n")
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(data={"source": str(delivery)}))
+
+    result = dg.materialize(defs.assets, resources=resources(repo), raise_on_error=False)
+    assert not result.success
+    [check] = result.get_asset_check_evaluations()
+    assert (check.check_name, check.passed) == (VALIDATION_CHECK, False)
+    failed = check.metadata["failed_expectations"].data
+    assert any(f["column"] == "5_o_Clock_Shadow" and f["examples"] == ["000001.jpg: 7"] for f in failed)
+    assert materialized(result) == {"raw_images", "validation_report"}
+    assert not (repo / "data/prepared").exists() and not (repo / "models/cvae.keras").exists()
