@@ -32,7 +32,7 @@ class DataParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     latent_dim: int = Field(32, ge=1)

@@ -38,8 +38,8 @@ def test_the_decoder_uses_the_condition_at_every_stage(model):
     z = np.zeros((1, 4), dtype=np.float32)
     on, off = np.ones((1, 3), np.float32), -np.ones((1, 3), np.float32)
     assert np.abs(np.asarray(model.decoder([z, on])) - np.asarray(model.decoder([z, off]))).max() > 1e-4
-    tiled = [layer for layer in model.decoder.layers if type(layer).__name__ == "TileCondition"]
-    assert len(tiled) == len([8, 16]) + 1  # before each upsampling block and the output layer
+    modulated = [layer for layer in model.decoder.layers if type(layer).__name__ == "FiLM"]
+    assert len(modulated) == len([8, 16])  # the dense stem and each upsampling block but the output
 
 
 def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_path):
