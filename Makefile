@@ -13,7 +13,7 @@ comma := ,
 EXTRAS := dev$(if $(shell command -v nvidia-smi 2>/dev/null),$(comma)gpu,)
 # Stage commands in dvc.yaml call `cvae`: the project's bin comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export DAGSTER_HOME := $(CURDIR)/.dagster
+DAGSTER_HOME := $(CURDIR)/.dagster
 PIP_FLAGS := --quiet --disable-pip-version-check
 
 .PHONY: setup run test ui clean
@@ -42,7 +42,7 @@ test: setup
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
 
 clean:
 	rm -rf $(VENV) $(DVC_VENV)

@@ -14,7 +14,7 @@ from orchestration.assets import STAGE_ASSETS, VALIDATION_CHECK, build_stage_ass
 from orchestration.definitions import defs
 from orchestration.dvc_pipeline import DvcProject
 from orchestration.schedules import nightly_retrain
-from tests.conftest import DVC, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
+from tests.conftest import BIN, DVC, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
 
 
 def resources(repo):
@@ -26,10 +26,11 @@ def materialized(result):
     return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
 
 
-def test_definitions_load_in_dagster_tooling():
-    # the same loader `dagster dev` and the webserver use
-    result = run([str(PROJECT / ".venv/bin/dagster"), "definitions", "validate", "-m", "orchestration.definitions"],
-                 PROJECT)
+def test_definitions_load_in_dagster_tooling(tmp_path, monkeypatch):
+    # the same loader `dagster dev` and the webserver use, with an instance of its own
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    dagster = BIN / "dagster"
+    result = run([str(dagster), "definitions", "validate", "-m", "orchestration.definitions"], PROJECT)
     assert "Validation successful" in result.stdout + result.stderr
 
 
