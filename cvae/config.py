@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,16 +18,35 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     source: str = "synthetic"
+    checksum: str | None = Field(None, pattern=r"^(md5|sha256):[0-9a-fA-F]+$")
+    celeba_mirror: str | None = None
+    download_dir: str = "data/downloads"
+    max_unpacked_bytes: int = Field(10_000_000_000, ge=1)
     synthetic_images: int = Field(4000, ge=1)
     crop: int = Field(148, ge=1)
     image_size: int = Field(64, ge=4)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shard_images: int = Field(2048, ge=1)
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataParams:
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class ValidateParams(_Section):
+    min_image_size: int = Field(64, ge=1)
+    # share of +1 per attribute: [low, high]
+    prevalence: dict[str, list[float]] = {}
+    prevalence_action: Literal["warn", "block"] = "warn"
+
+    @model_validator(mode="after")
+    def _bounds_are_shares(self) -> ValidateParams:
+        for name, bounds in self.prevalence.items():
+            if len(bounds) != 2 or not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
+                raise ValueError(f"prevalence.{name}: expected [low, high] with 0 <= low <= high <= 1")
         return self
 
 
@@ -39,6 +58,7 @@ class TrainParams(_Section):
     filters: list[int] = Field([32, 64, 128, 256], min_length=1)
     beta: float = Field(1.0, ge=0.0)
     decoder_std: float = Field(0.1, gt=0.0)
+    shuffle_buffer: int = Field(8192, ge=1)
 
 
 class EvaluateParams(_Section):
@@ -56,6 +76,8 @@ class VisualizeParams(_Section):
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
+    # `validate` in params.yaml; renamed here because BaseModel has a `validate` method
+    validation: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     visualize: VisualizeParams = VisualizeParams()
