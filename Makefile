@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DAGSTER_HOME := $(CURDIR)/.dagster
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: setup run test ui clean
+.PHONY: setup run test ui bench clean
 
 setup: $(VENV)/.installed $(DVC_VENV)/.installed
 
@@ -43,6 +43,14 @@ ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[$(EXTRAS),bench]"
+	touch $@
+
+# Speed and memory, measured side by side (benchmarks/): figures, not pass/fail.
+bench: setup $(VENV)/.bench-installed
+	$(VENV)/bin/python benchmarks/data_pipeline.py
 
 clean:
 	rm -rf $(VENV) $(DVC_VENV)

@@ -10,16 +10,13 @@ import numpy as np
 
 from cvae.atomic import replace_file
 from cvae.config import Params
-from cvae.dataset import load_split, tf_dataset
-
-CHUNK = 512  # images per step when averaging the training split
-
+from cvae.dataset import load_split, tf_dataset, to_unit_range
 
 def mean_image(split) -> np.ndarray:
-    """The per-pixel mean of a split, accumulated in chunks (bounded memory)."""
+    """The per-pixel mean of a split in [0, 1], read shard by shard (bounded memory)."""
     total = np.zeros(split.images.shape[1:], dtype=np.float64)
-    for start in range(0, len(split), CHUNK):
-        total += split.unit_images(slice(start, start + CHUNK)).sum(axis=0)
+    for index in range(len(split.images.paths)):
+        total += to_unit_range(np.load(split.images.paths[index])).sum(axis=0, dtype=np.float64)
     return (total / max(len(split), 1)).astype(np.float32)
 
 

@@ -1,15 +1,19 @@
-"""The `prepare` stage: validated raw images -> centre-cropped, resized uint8 arrays.
+"""The `prepare` stage: validated raw images -> centre-cropped, resized uint8 shards.
 
-Images are decoded, cropped and resized in parallel worker processes and written straight
-into a memory-mapped `.npy` per split, so memory stays bounded by the chunk size, not the
-dataset. Pixels stay uint8 on disk; `cvae.dataset` scales them to [0, 1] exactly once.
+Images are decoded, cropped and resized in parallel worker processes, a chunk at a time,
+with only a few chunks in flight; the main process packs them into shard files of
+`data.shard_images` images. Memory is bounded by the chunk and shard sizes, never by the
+dataset: a 200,000-image set streams through the same few megabytes. Pixels stay uint8
+on disk; `cvae.dataset` scales them to [0, 1] exactly once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +30,12 @@ from cvae.celeba import (
     read_partition,
 )
 from cvae.config import Params
+from cvae.dataset import ATTRIBUTES_FILE, IDS_FILE, META_FILE, SHARD_NAME
 from cvae.errors import CvaeError
 from cvae.progress import progress
 from cvae.validation import read_summary
 
-META_FILE = "meta.json"
-IMAGES_FILE = "images.npy"
-ATTRIBUTES_FILE = "attributes.npy"
-IDS_FILE = "image_ids.txt"
-CHUNK = 256  # images per worker task: large enough to amortise the hand-off
+CHUNK = 128  # images per worker task: large enough to amortise the hand-off
 
 
 def load_square(path: str | Path, crop: int, size: int) -> np.ndarray:
@@ -58,10 +59,58 @@ def load_square(path: str | Path, crop: int, size: int) -> np.ndarray:
 
 def _load_chunk(job: tuple[list[str], int, int]) -> np.ndarray:
     paths, crop, size = job
-    try:
-        return np.stack([load_square(path, crop, size) for path in paths])
-    except (OSError, ValueError) as exc:  # name the file: validation should have caught it
-        raise CvaeError(f"prepare: cannot read image: {exc}") from None
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for row, path in enumerate(paths):
+        try:
+            out[row] = load_square(path, crop, size)
+        except (OSError, ValueError) as exc:  # name the file: validation should have caught it
+            raise CvaeError(f"{path}: cannot read image: {exc}") from None
+    return out
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def bounded_map(pool: Executor, function: Callable, jobs: Iterable, window: int) -> Iterator:
+    """`pool.map` in order, with at most `window` jobs submitted and not yet consumed
+    (Executor.map submits everything at once, and finished results would pile up)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(function, job))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class ShardWriter:
+    """Packs image chunks into `images-NNNNN.npy` files of `shard_images` images each."""
+
+    def __init__(self, directory: Path, shard_images: int, size: int):
+        self.directory = directory
+        self.buffer = np.empty((shard_images, size, size, 3), dtype=np.uint8)
+        self.filled = 0
+        self.counts: list[int] = []
+
+    def add(self, images: np.ndarray) -> None:
+        while len(images):
+            taken = min(len(images), len(self.buffer) - self.filled)
+            self.buffer[self.filled:self.filled + taken] = images[:taken]
+            self.filled += taken
+            images = images[taken:]
+            if self.filled == len(self.buffer):
+                self._flush()
+
+    def close(self) -> list[int]:
+        if self.filled:
+            self._flush()
+        return self.counts
+
+    def _flush(self) -> None:
+        np.save(self.directory / SHARD_NAME.format(len(self.counts)), self.buffer[:self.filled])
+        self.counts.append(self.filled)
+        self.filled = 0
 
 
 def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out_dir: str | Path) -> dict:
@@ -85,9 +134,10 @@ def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out
         raise CvaeError(f"{partition_path}: no split for {len(missing)} image(s), e.g. {missing[:3]}")
     codes = np.array([partition[image_id] for image_id in attributes.image_ids])
     size, crop = params.data.image_size, params.data.crop
+    workers = usable_cores()
 
-    counts = {}
-    with replace_directory(out_dir) as staging, ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+    counts, shards = {}, {}
+    with replace_directory(out_dir) as staging, ProcessPoolExecutor(workers) as pool:
         for code, split in enumerate(SPLITS):
             subset = attributes.subset(np.flatnonzero(codes == code))
             counts[split] = len(subset.image_ids)
@@ -95,17 +145,14 @@ def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out
             split_dir.mkdir()
             np.save(split_dir / ATTRIBUTES_FILE, subset.values)
             (split_dir / IDS_FILE).write_text("".join(f"{i}\n" for i in subset.image_ids))
-            images = np.lib.format.open_memmap(
-                split_dir / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(counts[split], size, size, 3)
-            )
             paths = [str(raw_dir / IMAGE_DIR / image_id) for image_id in subset.image_ids]
             jobs = [(paths[i:i + CHUNK], crop, size) for i in range(0, len(paths), CHUNK)]
-            done = 0
-            for batch in progress(pool.map(_load_chunk, jobs), total=len(jobs), desc=f"prepare {split}"):
-                images[done:done + len(batch)] = batch
-                done += len(batch)
-            images.flush()
-            del images
-        meta = {"attribute_names": attributes.names, "image_size": size, "crop": crop, "splits": counts}
+            writer = ShardWriter(split_dir, params.data.shard_images, size)
+            for chunk in progress(bounded_map(pool, _load_chunk, jobs, window=2 * workers), total=len(jobs),
+                                  desc=f"prepare {split}"):
+                writer.add(chunk)
+            shards[split] = writer.close()
+        meta = {"attribute_names": attributes.names, "image_size": size, "crop": crop, "splits": counts,
+                "shards": shards}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

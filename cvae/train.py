@@ -41,7 +41,7 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
     )
     model.compile(optimizer=keras.optimizers.Adam(p.learning_rate))
     history = model.fit(
-        tf_dataset(train_split, p.batch_size, shuffle=True, seed=params.seed),
+        tf_dataset(train_split, p.batch_size, shuffle=True, seed=params.seed, shuffle_buffer=p.shuffle_buffer),
         validation_data=tf_dataset(val_split, p.batch_size, shuffle=False, seed=params.seed) if len(val_split) else None,
         epochs=p.epochs,
         shuffle=False,  # tf_dataset shuffles; fit cannot shuffle a tf.data pipeline

@@ -1,34 +1,66 @@
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from cvae.celeba import IMAGE_DIR
+from cvae.celeba import IMAGE_DIR, read_partition
+from cvae.config import params_from_dict
 from cvae.dataset import load_split, tf_dataset, to_unit_range
 from cvae.errors import CvaeError
-from cvae.prepare import load_square, prepare
+from cvae.prepare import _load_chunk, bounded_map, load_square, prepare
 from cvae.validation import validate
+from tests.conftest import tiny_params_dict
+
+SHARD = 5  # images per shard in these tests: several shards per split, one of them short
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, synthetic_root):
-    from cvae.config import params_from_dict
-    from tests.conftest import tiny_params_dict
-
     out = tmp_path_factory.mktemp("prepared")
-    validate(synthetic_root, out / "validation")
-    params = params_from_dict(tiny_params_dict())
+    params = params_from_dict(tiny_params_dict(data={"shard_images": SHARD}))
+    validate(params, synthetic_root, out / "validation")
     prepare(params, synthetic_root, out / "validation", out / "prepared")
     return out / "prepared"
 
 
 def test_splits_follow_the_partition_file(prepared, synthetic_root):
-    from cvae.celeba import read_partition
-
     partition = read_partition(synthetic_root / "list_eval_partition.txt")
     for code, split in enumerate(("train", "val", "test")):
         loaded = load_split(prepared, split)
         assert loaded.image_ids == [i for i, c in partition.items() if c == code]
         assert loaded.images.shape == (len(loaded), 32, 32, 3) and loaded.images.dtype == np.uint8
+
+
+def test_images_are_packed_into_bounded_shards_in_order(prepared, synthetic_root):
+    split = load_split(prepared, "train")
+    counts = [len(np.load(path, mmap_mode="r")) for path in split.images.paths]
+    assert counts == split.images.counts and max(counts) == SHARD and sum(counts) == len(split)
+    assert len(counts) == -(-len(split) // SHARD)
+    for row in (0, SHARD - 1, SHARD, len(split) - 1):  # both sides of a shard boundary
+        expected = load_square(synthetic_root / IMAGE_DIR / split.image_ids[row], crop=148, size=32)
+        np.testing.assert_array_equal(split.images[row], expected)
+    rows = np.array([len(split) - 1, 0, SHARD + 1])
+    np.testing.assert_array_equal(split.images[rows], np.stack([split.images[int(r)] for r in rows]))
+
+
+def _epoch(split, seed):
+    images, attributes = [], []
+    for x, c in tf_dataset(split, 4, shuffle=True, seed=seed, shuffle_buffer=8):
+        images.append(x.numpy())
+        attributes.append(c.numpy())
+    return np.concatenate(images), np.concatenate(attributes)
+
+
+def test_a_shuffled_epoch_holds_every_image_once_and_repeats_for_a_seed(prepared):
+    split = load_split(prepared, "train")
+    images, attributes = _epoch(split, seed=1)
+    expected = to_unit_range(split.images[:])
+    order = [int(np.flatnonzero((expected == image).all(axis=(1, 2, 3)))[0]) for image in images]
+    assert sorted(order) == list(range(len(split))) and order != list(range(len(split)))
+    np.testing.assert_array_equal(attributes, np.asarray(split.attributes, dtype=np.float32)[order])
+    again, _ = _epoch(split, seed=1)
+    np.testing.assert_array_equal(images, again)
 
 
 def test_a_prepared_batch_is_scaled_exactly_once(prepared):
@@ -45,6 +77,23 @@ def test_scaling_twice_is_refused():
         to_unit_range(to_unit_range(np.full((1, 2, 2, 3), 255, dtype=np.uint8)))
 
 
+def test_bounded_map_keeps_order_and_limits_jobs_in_flight():
+    pulled = 0
+
+    def jobs():
+        nonlocal pulled
+        for value in range(50):
+            pulled += 1
+            yield value
+
+    with ThreadPoolExecutor(4) as pool:
+        results = []
+        for result in bounded_map(pool, lambda value: value * 2, jobs(), window=3):
+            results.append(result)
+            assert pulled - len(results) < 3  # submitted but not yet consumed
+    assert results == [2 * v for v in range(50)]
+
+
 def test_centre_crop_then_resize(tmp_path):
     # a 178x218 image whose centre 148x148 square is white and the rest black
     pixels = np.zeros((218, 178, 3), dtype=np.uint8)
@@ -55,9 +104,17 @@ def test_centre_crop_then_resize(tmp_path):
 
 
 def test_a_crop_larger_than_the_image_falls_back_to_the_largest_square(tmp_path):
-    Image.new("L", (40, 50), 128).save(tmp_path / "small.jpg")  # greyscale, smaller than the crop
-    square = load_square(tmp_path / "small.jpg", crop=148, size=32)
-    assert square.shape == (32, 32, 3)
+    pixels = np.zeros((50, 40), dtype=np.uint8)
+    pixels[5:45, :] = 200  # greyscale; the largest centred square is rows 5..44
+    Image.fromarray(pixels, mode="L").save(tmp_path / "small.png")
+    square = load_square(tmp_path / "small.png", crop=148, size=32)
+    assert square.shape == (32, 32, 3) and (square == 200).all()
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(CvaeError, match="broken.jpg: cannot read image"):
+        _load_chunk(([str(tmp_path / "broken.jpg")], 148, 32))
 
 
 def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, tiny_params):
@@ -66,7 +123,7 @@ def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, t
     raw = tmp_path / "raw"
     shutil.copytree(synthetic_root, raw)
     (raw / IMAGE_DIR / "000001.jpg").unlink()
-    assert not validate(raw, tmp_path / "validation").success
+    assert not validate(tiny_params, raw, tmp_path / "validation").success
     with pytest.raises(CvaeError, match="failed validation"):
         prepare(tiny_params, raw, tmp_path / "validation", tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()

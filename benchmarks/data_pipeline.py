@@ -1,0 +1,218 @@
+"""The data path, measured side by side in one run (figures, not pass/fail).
+
+1. Throughput on the same CelebA-sized JPEGs (178x218), page cache warm for all:
+   the original tutorial's loader (per batch, read each JPEG and resize it with
+   scikit-image, one process), the decode-only limit (JPEG decode alone on all cores,
+   at full size and at the reduced DCT scale that `prepare` asks libjpeg for), and the
+   project's `prepare`.
+2. Peak memory (RSS summed over the process and its workers) and wall time of
+   `cvae validate`, `cvae prepare` and one training epoch at 1,000, 10,000 and 100,000
+   small images, each stage a real `cvae` subprocess.
+
+    .venv/bin/python benchmarks/data_pipeline.py            # the README's figures
+    .venv/bin/python benchmarks/data_pipeline.py --quick    # smaller, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, Attributes, load_attributes, write_attributes
+from cvae.config import load_params
+from cvae.prepare import load_square, prepare, usable_cores
+from cvae.synthetic import generate
+from cvae.validation import validate
+
+PROJECT = Path(__file__).resolve().parent.parent
+CVAE = str(Path(sys.executable).parent / "cvae")
+BATCH = 64  # the tutorial generator's batch size
+SMALL_SIDE = (44, 54)  # the small images of the memory runs: CelebA's shape, a quarter the size
+MEMORY_SETTINGS = [  # the memory runs: 16 px images and a small model, so 100,000 images fit the time
+    "data.crop=40", "data.image_size=16", "validate.min_image_size=16", "validate.prevalence={}",
+    "train.epochs=1", "train.batch_size=256", "train.filters=[16,32]", "train.latent_dim=8",
+]
+
+
+def tutorial_loader(paths: list[str], crop: int, size: int) -> int:
+    """The original tutorial's way: per batch, imread each file and resize it with scikit-image."""
+    from skimage.io import imread
+    from skimage.transform import resize
+
+    done = 0
+    for start in range(0, len(paths), BATCH):
+        batch = []
+        for path in paths[start:start + BATCH]:
+            image = imread(path)
+            top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+            batch.append(resize(image[top:top + crop, left:left + crop], (size, size)))
+        done += len(np.stack(batch))
+    return done
+
+
+def _decode_full(paths: list[str]) -> int:
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+    return len(paths)
+
+
+def _decode_draft(job: tuple[list[str], int, int]) -> int:
+    paths, crop, size = job
+    for path in paths:
+        with Image.open(path) as image:
+            width, height = image.size
+            image.draft("RGB", (width * size // crop, height * size // crop))
+            image.load()
+    return len(paths)
+
+
+def decode_on_all_cores(function, jobs: list) -> int:
+    with ProcessPoolExecutor(usable_cores()) as pool:
+        return sum(pool.map(function, jobs))
+
+
+def timed(function, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def throughput(work: Path, images: int) -> list[tuple[str, float]]:
+    raw = work / "throughput"
+    generate(raw, num_images=images, seed=0, val_fraction=0.1, test_fraction=0.1)
+    params = load_params(PROJECT / "params.yaml", ["validate.prevalence={}"])
+    crop, size = params.data.crop, params.data.image_size
+    paths = sorted(str(path) for path in (raw / IMAGE_DIR).iterdir())
+    for path in paths:  # warm the page cache, so that every contender reads from memory
+        Path(path).read_bytes()
+    chunks = [paths[i:i + 128] for i in range(0, len(paths), 128)]
+    assert validate(params, raw, work / "validation").success
+
+    rows = []
+    seconds, count = timed(tutorial_loader, paths, crop, size)
+    rows.append(("tutorial loader (skimage, 1 process)", count / seconds))
+    seconds, count = timed(decode_on_all_cores, _decode_full, chunks)
+    rows.append((f"decode only, full size ({usable_cores()} processes)", count / seconds))
+    seconds, count = timed(decode_on_all_cores, _decode_draft, [(chunk, crop, size) for chunk in chunks])
+    rows.append((f"decode only, DCT-scaled as prepare asks ({usable_cores()} processes)", count / seconds))
+    seconds, _ = timed(prepare, params, raw, work / "validation", work / "prepared")
+    rows.append(("cvae prepare (decode, crop, resize, write shards)", len(paths) / seconds))
+    # the same pixels either way? prepare must not be fast by doing less
+    first = np.load(work / "prepared" / "train" / "images-00000.npy", mmap_mode="r")[0]
+    train_id = (work / "prepared" / "train" / "image_ids.txt").read_text().split()[0]
+    assert (first == load_square(raw / IMAGE_DIR / train_id, crop, size)).all()
+    return rows
+
+
+def small_dataset(source: Path, target: Path, images: int) -> None:
+    """`images` small JPEGs in CelebA layout, recycling the pixels and attributes of `source`."""
+    base = load_attributes(source / ATTRIBUTE_FILE)
+    encoded = []
+    for image_id in base.image_ids:
+        with Image.open(source / IMAGE_DIR / image_id) as image:
+            small = image.resize(SMALL_SIDE)
+        path = target / "tmp.jpg"
+        target.mkdir(parents=True, exist_ok=True)
+        small.save(path, quality=90)
+        encoded.append(path.read_bytes())
+    path.unlink()
+    (target / IMAGE_DIR).mkdir()
+    ids = [f"{index:06d}.jpg" for index in range(1, images + 1)]
+    for index, image_id in enumerate(ids):
+        (target / IMAGE_DIR / image_id).write_bytes(encoded[index % len(encoded)])
+    rows = np.arange(images) % len(base.image_ids)
+    write_attributes(target / ATTRIBUTE_FILE, Attributes(ids, base.names, base.values[rows]))
+
+
+def peak_rss(command: list[str], cwd: Path) -> tuple[float, float]:
+    """Run `command`; return (wall seconds, peak RSS in MiB summed over it and its children)."""
+    start = time.perf_counter()
+    process = psutil.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            try:
+                tree = [process, *process.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    _, errors = process.communicate()
+    stop.set()
+    sampler.join()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{errors}")
+    return time.perf_counter() - start, peak / 2**20
+
+
+def memory(work: Path, sizes: list[int]) -> list[tuple[int, str, float, float]]:
+    source = work / "faces"
+    generate(source, num_images=500, seed=1, val_fraction=0.1, test_fraction=0.1)
+    shutil.copy(PROJECT / "params.yaml", work / "params.yaml")
+    settings = [argument for setting in MEMORY_SETTINGS for argument in ("--set", setting)]
+    rows = []
+    for images in sizes:
+        raw, out = work / f"raw-{images}", work / f"out-{images}"
+        small_dataset(source, raw, images)
+        stages = {
+            "validate": ["validate", "--raw", raw, "--report", out / "validation"],
+            "prepare": ["prepare", "--raw", raw, "--validation", out / "validation", "--out", out / "prepared"],
+            "train, one epoch": ["train", "--prepared", out / "prepared", "--model", out / "cvae.keras",
+                                 "--history", out / "train"],
+        }
+        for stage, arguments in stages.items():
+            seconds, mib = peak_rss([CVAE, *map(str, arguments), *settings], work)
+            rows.append((images, stage, seconds, mib))
+            print(f"  {images:>7,} images  {stage:<17} {seconds:7.1f} s  {mib:7.0f} MiB", flush=True)
+        shutil.rmtree(raw)
+        shutil.rmtree(out)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    throughput_images, sizes = (400, [500, 2000]) if args.quick else (4000, [1_000, 10_000, 100_000])
+    print(f"machine: {usable_cores()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB;"
+          f" python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-") as scratch:
+        work = Path(scratch)
+        print(f"\nthroughput on {throughput_images:,} CelebA-sized JPEGs (178x218 -> crop 148 -> 64 px):")
+        rows = throughput(work, throughput_images)
+        rates = dict(rows)
+        tutorial = rows[0][1]
+        for name, rate in rows:
+            print(f"  {name:<62} {rate:8.0f} images/s  ({rate / tutorial:5.1f}x tutorial)")
+        prepare_rate = rows[-1][1]
+        print(f"  prepare / decode-only full size: {prepare_rate / rows[1][1]:.0%};"
+              f" prepare / decode-only DCT-scaled: {prepare_rate / rows[2][1]:.0%}")
+        print(f"\npeak memory, {SMALL_SIDE[0]}x{SMALL_SIDE[1]} JPEGs -> 16 px:")
+        memory_rows = memory(work, sizes)
+        print("\n" + json.dumps({"throughput_images_per_s": rates,
+                                 "memory": [dict(zip(("images", "stage", "seconds", "peak_mib"), row))
+                                            for row in memory_rows]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
