@@ -46,14 +46,15 @@ def load_square(path: str | Path, crop: int, size: int) -> np.ndarray:
         side = min(crop, width, height)
         # Let libjpeg decode at a reduced scale when that still leaves >= `size` pixels
         # across the crop: much faster, and no loss at the final size.
-        scale = image.draft("RGB", (width * size // side, height * size // side))
-        if scale is not None:
+        if image.draft("RGB", (width * size // side, height * size // side)) is not None:
             factor = image.size[0] / width
             width, height = image.size
             side = max(size, round(side * factor))
         left, top = (width - side) // 2, (height - side) // 2
+        if image.mode != "RGB":  # greyscale, palette, RGBA, CMYK; converting RGB would only copy
+            image = image.convert("RGB")
         # crop first: resizing with a box would let the filter blend in pixels outside it
-        square = image.convert("RGB").crop((left, top, left + side, top + side))
+        square = image.crop((left, top, left + side, top + side))
         return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
 
 
