@@ -82,14 +82,22 @@ def read_attribute_frame(path: str | Path) -> AttributeFile:
             f" found {len(lines)} non-empty line(s)"
         )
     names = lines[1].split()  # the real header ends in a space; split() ignores it
-    rows = [line.split() for line in lines[2:]]
+    frame = _lenient_frame([line.split() for line in lines[2:]], names)
+    return AttributeFile(path, lines[0].strip(), names, frame)
+
+
+def read_partition_frame(path: str | Path, column: str = "partition") -> pd.DataFrame:
+    """The partition file as written, leniently: image_id, `column` and any extra values."""
+    return _lenient_frame([line.split() for line in _lines(Path(path))], [column])
+
+
+def _lenient_frame(rows: list[list[str]], names: list[str]) -> pd.DataFrame:
     # Short rows are padded with nulls; values beyond the header land in extra columns,
     # so that validation sees both instead of the reader guessing.
     width = max([len(names)] + [len(row) - 1 for row in rows])
     extra = [f"extra_value_{k}" for k in range(1, width - len(names) + 1)]
     records = [[row[0], *map(_token, row[1:]), *[None] * (width + 1 - len(row))] for row in rows]
-    frame = pd.DataFrame(records, columns=[IMAGE_ID_COLUMN, *names, *extra], dtype=object)
-    return AttributeFile(path, lines[0].strip(), names, frame)
+    return pd.DataFrame(records, columns=[IMAGE_ID_COLUMN, *names, *extra], dtype=object)
 
 
 def load_attributes(path: str | Path) -> Attributes:

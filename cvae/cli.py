@@ -29,10 +29,13 @@ def _download(params: Params, args: argparse.Namespace) -> None:
 def _validate(params: Params, args: argparse.Namespace) -> None:
     from cvae.validation import validate
 
-    summary = validate(args.raw, args.report)
+    summary = validate(params, args.raw, args.report)
     if not summary.success:
         raise CvaeError(summary.describe_failures() + f"\n(report: {args.report})")
-    print(f"validate: {summary.rows} rows passed all {summary.evaluated} expectations (report: {args.report})")
+    print(f"validate: {summary.rows} rows and {summary.image_files} image files passed"
+          f" ({summary.evaluated} expectations, {len(summary.warnings)} warning(s); report: {args.report})")
+    if summary.warnings:
+        print(f"validate: {summary.describe_warnings()}")
 
 
 def _prepare(params: Params, args: argparse.Namespace) -> None:
@@ -66,7 +69,7 @@ def _visualize(params: Params, args: argparse.Namespace) -> None:
 STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
     # name: (help, function, [(option, default path, what it is)])
     "download": ("fetch or generate the raw dataset", _download, [("--out", "data/raw", "raw dataset directory")]),
-    "validate": ("check the attribute table with Great Expectations", _validate, [
+    "validate": ("check the attribute table, partition and images with Great Expectations", _validate, [
         ("--raw", "data/raw", "raw dataset directory"),
         ("--report", "reports/validation", "where the report goes"),
     ]),

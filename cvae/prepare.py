@@ -10,10 +10,7 @@ on disk; `cvae.dataset` scales them to [0, 1] exactly once.
 from __future__ import annotations
 
 import json
-import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ from cvae.celeba import (
 from cvae.config import Params
 from cvae.dataset import ATTRIBUTES_FILE, IDS_FILE, META_FILE, SHARD_NAME
 from cvae.errors import CvaeError
+from cvae.parallel import bounded_map, usable_cores
 from cvae.progress import progress
 from cvae.validation import read_summary
 
@@ -67,22 +65,6 @@ def _load_chunk(job: tuple[list[str], int, int]) -> np.ndarray:
         except (OSError, ValueError) as exc:  # name the file: validation should have caught it
             raise CvaeError(f"{path}: cannot read image: {exc}") from None
     return out
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def bounded_map(pool: Executor, function: Callable, jobs: Iterable, window: int) -> Iterator:
-    """`pool.map` in order, with at most `window` jobs submitted and not yet consumed
-    (Executor.map submits everything at once, and finished results would pile up)."""
-    pending: deque = deque()
-    for job in jobs:
-        pending.append(pool.submit(function, job))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 class ShardWriter:

@@ -1,204 +1,228 @@
-"""The `validate` stage: a Great Expectations 1.x suite on the attribute table.
+"""The `validate` stage: Great Expectations 1.x suites on the raw dataset, one report.
 
-The suite runs on the table as the file holds it (see `celeba.read_attribute_frame`), so
-every defect is reported rather than the first one raised. The report is written as JSON
-(for machines: prepare reads `success`, Dagster shows the failures) and as Markdown (for
-people), both free of timestamps so that an unchanged delivery gives an unchanged report.
+Up to four tables, each with its own suite:
+- the attribute table as the file holds it (`celeba.read_attribute_frame`, so every
+  defect is reported rather than the first one raised), with derived per-image columns
+  (file present, full decode, size, listed in the partition file);
+- the share of +1 of each attribute bounded in `validate.prevalence`;
+- the partition file, when there is one;
+- the files in img_align_celeba/ (at least one; any without an attribute row is a warning).
+
+Failures of critical expectations block the pipeline; failures of warning ones (orphan
+files, prevalence with `prevalence_action: warn`) are reported and let the data through.
+Great Expectations is imported where it is used: the import takes seconds, and `prepare`
+imports this module only to read the report.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+import os
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from cvae.atomic import replace_directory
-from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, IMAGE_ID_COLUMN, read_attribute_frame
+from cvae.celeba import (
+    ATTRIBUTE_FILE,
+    IMAGE_DIR,
+    IMAGE_ID_COLUMN,
+    PARTITION_FILE,
+    AttributeFile,
+    read_attribute_frame,
+    read_partition_frame,
+)
+from cvae.config import Params
 from cvae.errors import CvaeError
+from cvae.gx_suite import CRITICAL, WARNING, Table, run_tables
+from cvae.image_checks import ImageCheck, check_images
+from cvae.validation_report import ValidationSummary, read_summary, write_report
 
-SUMMARY_FILE = "summary.json"
-MARKDOWN_FILE = "summary.md"
-HAS_IMAGE_COLUMN = "has_image_file"  # derived: whether img_align_celeba/<image_id> exists
-EXAMPLES_SHOWN = 5
+__all__ = ["ValidationSummary", "read_summary", "validate"]
 
-
-@dataclass(frozen=True)
-class ExpectationOutcome:
-    expectation: str
-    column: str | None
-    success: bool
-    expected: str
-    unexpected_count: int | None
-    examples: list[Any]  # a few offending values or image ids
-
-
-@dataclass(frozen=True)
-class ValidationSummary:
-    success: bool
-    source: str
-    rows: int
-    evaluated: int
-    failed: list[ExpectationOutcome]
-
-    def describe_failures(self) -> str:
-        lines = [f"validation of {self.source} failed: {len(self.failed)} of {self.evaluated} expectations"]
-        for outcome in self.failed:
-            where = f" column {outcome.column}" if outcome.column else ""
-            count = f": {outcome.unexpected_count} unexpected" if outcome.unexpected_count is not None else ""
-            lines.append(
-                f"  - {outcome.expectation}{where}{count} (expected {outcome.expected});"
-                f" examples: {outcome.examples}"
-            )
-        return "\n".join(lines)
+# Derived per-row columns of the attribute table.
+HAS_IMAGE_COLUMN = "has_image_file"  # img_align_celeba/<image_id> exists
+DECODE_ERROR_COLUMN = "image_decode_error"  # why the image does not decode; null when it does
+WIDTH_COLUMN = "image_width"
+HEIGHT_COLUMN = "image_height"
+IMAGE_COLUMNS = [HAS_IMAGE_COLUMN, DECODE_ERROR_COLUMN, WIDTH_COLUMN, HEIGHT_COLUMN]
+IN_PARTITION_COLUMN = "in_partition_file"  # only when there is a partition file
+# Columns of the partition and image-file tables.
+PARTITION_COLUMN = "partition"
+HAS_ROW_COLUMN = "has_attribute_row"
 
 
-def validate(raw_dir: str | Path, report_dir: str | Path) -> ValidationSummary:
-    """Validate the dataset at `raw_dir`; write the report; return the summary."""
+def validate(params: Params, raw_dir: str | Path, report_dir: str | Path) -> ValidationSummary:
+    """Validate the dataset at `raw_dir`; write the report to `report_dir`; return its summary."""
     raw_dir = Path(raw_dir)
     attribute_file = read_attribute_frame(raw_dir / ATTRIBUTE_FILE)
-    frame = attribute_file.frame.copy()
-    image_dir = raw_dir / IMAGE_DIR
-    present = {entry.name for entry in image_dir.iterdir()} if image_dir.is_dir() else set()
-    frame[HAS_IMAGE_COLUMN] = frame[IMAGE_ID_COLUMN].isin(present)
+    _check_header(attribute_file)
+    bounds = _prevalence_bounds(params, attribute_file)
+    files = _image_files(raw_dir / IMAGE_DIR)
+    partition_path = raw_dir / PARTITION_FILE
+    partition = _partition_frame(partition_path) if partition_path.exists() else None
 
-    suite = _build_suite(attribute_file.names, attribute_file.declared_count)
-    results = _run_suite(suite, frame)
-    outcomes = [_outcome(result) for result in results["results"]]
-    summary = ValidationSummary(
-        success=bool(results["success"]),
-        source=str(attribute_file.path),
-        rows=len(frame),
-        evaluated=len(outcomes),
-        failed=[outcome for outcome in outcomes if not outcome.success],
-    )
-    with replace_directory(report_dir) as staging:
-        (staging / SUMMARY_FILE).write_text(json.dumps(asdict(summary), indent=2, default=str) + "\n")
-        (staging / MARKDOWN_FILE).write_text(_markdown(summary, outcomes))
+    attributes = _attribute_rows(attribute_file, raw_dir / IMAGE_DIR, files, partition)
+    ids = set(attributes[IMAGE_ID_COLUMN])
+    tables = [
+        Table(ATTRIBUTE_FILE, attributes,
+              _attribute_expectations(attribute_file, partition is not None, params.validation.min_image_size)),
+        Table(f"{IMAGE_DIR}/", _file_rows(files, ids), _file_expectations()),
+    ]
+    if bounds:
+        tables.append(Table(ATTRIBUTE_FILE, _shares(attributes, list(bounds)),
+                            _prevalence_expectations(bounds, params.validation.prevalence_action)))
+    if partition is not None:
+        partition[HAS_ROW_COLUMN] = partition[IMAGE_ID_COLUMN].isin(ids)
+        tables.append(Table(PARTITION_FILE, partition, _partition_expectations()))
+    outcomes = run_tables(tables)
+    summary = ValidationSummary.of(str(raw_dir), len(attributes), len(files), outcomes)
+    write_report(summary, outcomes, report_dir)
     return summary
 
 
-def read_summary(report_dir: str | Path) -> dict[str, Any]:
-    path = Path(report_dir) / SUMMARY_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CvaeError(f"{path}: no validation report; run `cvae validate` first") from None
+def _check_header(attribute_file: AttributeFile) -> None:
+    # Columns are named after the header, so a repeated or reserved name cannot be a column.
+    reserved = {IMAGE_ID_COLUMN, *IMAGE_COLUMNS, IN_PARTITION_COLUMN}
+    clashes = sorted(name for name, count in Counter(attribute_file.names).items() if count > 1 or name in reserved)
+    if clashes:
+        raise CvaeError(f"{attribute_file.path}:2: attribute names must be unique and not {IMAGE_ID_COLUMN} or a"
+                        f" derived column name; found {', '.join(clashes)}")
 
 
-def _build_suite(names: list[str], declared_count: str):
-    import great_expectations as gx
+def _prevalence_bounds(params: Params, attribute_file: AttributeFile) -> dict[str, list[float]]:
+    for name in params.validation.prevalence:
+        if name not in attribute_file.names:
+            raise CvaeError(
+                f"params validate.prevalence.{name}: {attribute_file.path} has no attribute {name!r}"
+                f" in its header (it has {len(attribute_file.names)}: {' '.join(attribute_file.names[:8])} ...)"
+            )
+    return params.validation.prevalence
 
-    expectations = gx.expectations
-    suite = [
-        # Columns are the header's names, in order; a row with more values than names
-        # adds columns (see read_attribute_frame), which this catches.
-        expectations.ExpectTableColumnsToMatchOrderedList(column_list=[IMAGE_ID_COLUMN, *names, HAS_IMAGE_COLUMN]),
-        expectations.ExpectTableRowCountToBeBetween(min_value=1),
-        expectations.ExpectColumnValuesToBeUnique(column=IMAGE_ID_COLUMN),
-        expectations.ExpectColumnValuesToNotBeNull(column=IMAGE_ID_COLUMN),
-        expectations.ExpectColumnValuesToBeInSet(column=HAS_IMAGE_COLUMN, value_set=[True]),
-    ]
-    if declared_count.isdigit():
-        suite.append(expectations.ExpectTableRowCountToEqual(value=int(declared_count)))
-    else:  # a non-numeric first line can match no row count: an impossible expectation
-        suite.append(expectations.ExpectTableRowCountToEqual(value=-1, meta={"declared": declared_count}))
+
+def _image_files(image_dir: Path) -> list[str]:
+    if not image_dir.is_dir():
+        return []
+    with os.scandir(image_dir) as entries:  # scandir knows file types without a stat per file
+        return sorted(entry.name for entry in entries if entry.is_file())
+
+
+def _partition_frame(path: Path) -> pd.DataFrame:
+    return _integer_columns(read_partition_frame(path, PARTITION_COLUMN), [PARTITION_COLUMN])
+
+
+def _attribute_rows(attribute_file: AttributeFile, image_dir: Path, files: list[str],
+                    partition: pd.DataFrame | None) -> pd.DataFrame:
+    frame = _integer_columns(attribute_file.frame.copy(), attribute_file.names)
+    ids = frame[IMAGE_ID_COLUMN]
+    frame[HAS_IMAGE_COLUMN] = ids.isin(set(files))
+    present = sorted(set(ids[frame[HAS_IMAGE_COLUMN]]))  # each file once, even for duplicate ids
+    # os.path.join: building 200,000 Path objects would take seconds
+    checks = dict(zip(present, check_images([os.path.join(image_dir, i) for i in present]), strict=True))
+    no_file = ImageCheck(None, None, None)  # has_image_file reports it; these columns stay null
+    per_row = [checks.get(image_id, no_file) for image_id in ids]
+    frame[DECODE_ERROR_COLUMN] = pd.Series([check.error for check in per_row], index=frame.index, dtype=object)
+    frame[WIDTH_COLUMN] = pd.array([check.width for check in per_row], dtype="Int64")
+    frame[HEIGHT_COLUMN] = pd.array([check.height for check in per_row], dtype="Int64")
+    if partition is not None:
+        frame[IN_PARTITION_COLUMN] = ids.isin(set(partition[IMAGE_ID_COLUMN]))
+    return frame
+
+
+def _integer_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    # GX checks an int64 column about 4x faster than an object one. Only columns holding
+    # nothing but integers convert, so nulls and odd tokens stay for the suite to report.
+    for column in columns:
+        if pd.api.types.infer_dtype(frame[column], skipna=False) == "integer":
+            try:
+                frame[column] = frame[column].astype("int64")
+            except OverflowError:  # a number beyond int64 is a bad value: leave it as written
+                pass
+    return frame
+
+
+def _shares(attributes: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Per row, 1.0 for +1 and 0.0 for -1 (null otherwise): a column's mean is its share of +1."""
+    shares = pd.DataFrame({IMAGE_ID_COLUMN: attributes[IMAGE_ID_COLUMN]})
     for name in names:
-        suite.append(expectations.ExpectColumnValuesToNotBeNull(column=name))
-        suite.append(expectations.ExpectColumnValuesToBeInSet(column=name, value_set=[-1, 1]))
+        shares[name] = attributes[name].map({1: 1.0, -1: 0.0}).astype("float64")
+    return shares
+
+
+def _file_rows(files: list[str], ids: set[str]) -> pd.DataFrame:
+    return pd.DataFrame({IMAGE_ID_COLUMN: files, HAS_ROW_COLUMN: [name in ids for name in files]})
+
+
+def _attribute_expectations(attribute_file: AttributeFile, has_partition: bool, min_size: int) -> list:
+    import great_expectations.expectations as gxe
+
+    names, declared = attribute_file.names, attribute_file.declared_count
+    derived = IMAGE_COLUMNS + ([IN_PARTITION_COLUMN] if has_partition else [])
+    count = (
+        gxe.ExpectTableRowCountToEqual(value=int(declared), description=f"the row count on line 1 ({declared})")
+        if declared.isdigit()
+        # a non-numeric line 1 matches no row count: an expectation that must fail
+        else gxe.ExpectTableRowCountToEqual(value=-1, description=f"a row count on line 1, found {declared!r}")
+    )
+    suite = [
+        # a row with more values than the header adds columns (see read_attribute_frame)
+        gxe.ExpectTableColumnsToMatchOrderedList(
+            column_list=[IMAGE_ID_COLUMN, *names, *derived],
+            description=f"{IMAGE_ID_COLUMN} and the {len(names)} attributes of the header, in order,"
+                        " and no row with more values",
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, description="at least one row"),
+        count,
+        gxe.ExpectColumnValuesToBeUnique(column=IMAGE_ID_COLUMN, description="each image id once"),
+    ]
+    for name in names:
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=name, description="a value on every row"))
+        suite.append(gxe.ExpectColumnValuesToBeInSet(column=name, value_set=[-1, 1], description="values in {-1, 1}"))
+    suite += [
+        gxe.ExpectColumnValuesToBeInSet(column=HAS_IMAGE_COLUMN, value_set=[True],
+                                        description=f"a file in {IMAGE_DIR}/ for every row"),
+        gxe.ExpectColumnValuesToBeNull(column=DECODE_ERROR_COLUMN, description="every image decodes in full"),
+        gxe.ExpectColumnValuesToBeBetween(column=WIDTH_COLUMN, min_value=min_size,
+                                          description=f"images at least {min_size} px wide"),
+        gxe.ExpectColumnValuesToBeBetween(column=HEIGHT_COLUMN, min_value=min_size,
+                                          description=f"images at least {min_size} px high"),
+    ]
+    if has_partition:
+        suite.append(gxe.ExpectColumnValuesToBeInSet(column=IN_PARTITION_COLUMN, value_set=[True],
+                                                     description=f"every image id listed in {PARTITION_FILE}"))
     return suite
 
 
-def _run_suite(expectations: list, frame: pd.DataFrame) -> dict[str, Any]:
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+def _prevalence_expectations(bounds: dict[str, list[float]], action: str) -> list:
+    import great_expectations.expectations as gxe
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas("celeba")
-        .add_dataframe_asset("attributes")
-        .add_batch_definition_whole_dataframe("whole_table")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name="celeba_attributes", expectations=expectations))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(data=batch, suite=suite, name="celeba_attributes")
-    )
-    result = definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={
-            "result_format": "SUMMARY",
-            "partial_unexpected_count": EXAMPLES_SHOWN,
-            "unexpected_index_column_names": [IMAGE_ID_COLUMN],
-        },
-    )
-    return result.to_json_dict()
-
-
-def _outcome(result: dict[str, Any]) -> ExpectationOutcome:
-    config = result["expectation_config"]
-    kwargs = config["kwargs"]
-    details = result.get("result") or {}
-    exception = result.get("exception_info") or {}
-    if exception.get("raised_exception"):
-        details = {"observed_value": exception.get("exception_message")}
-    column = kwargs.get("column")
-    if "partial_unexpected_index_list" in details:  # "id: value" for each offending row
-        examples = [
-            f"{row.get(IMAGE_ID_COLUMN)}: {row.get(column)!r}" if column != IMAGE_ID_COLUMN else row.get(IMAGE_ID_COLUMN)
-            for row in details["partial_unexpected_index_list"]
-        ]
-    elif "mismatched" in (details.get("details") or {}):
-        examples = [
-            f"position {m['Expected Column Position']}: expected {m['Expected']!r}, found {m['Found']!r}"
-            for m in details["details"]["mismatched"]
-        ]
-    elif "observed_value" in details:
-        examples = [details["observed_value"]]
-    else:
-        examples = details.get("partial_unexpected_list") or []
-    return ExpectationOutcome(
-        expectation=config["type"],
-        column=column,
-        success=bool(result["success"]),
-        expected=_expected(config["type"], kwargs, config.get("meta") or {}),
-        unexpected_count=details.get("unexpected_count"),
-        examples=examples[:EXAMPLES_SHOWN],
-    )
-
-
-def _expected(kind: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
-    if "value_set" in kwargs:
-        return f"values in {kwargs['value_set']}"
-    if "column_list" in kwargs:
-        return f"columns {kwargs['column_list'][:4]}... ({len(kwargs['column_list'])} in all)"
-    if kind == "expect_table_row_count_to_equal":
-        declared = meta.get("declared", kwargs["value"])
-        return f"the row count declared on line 1 ({declared!r})"
-    if kind == "expect_table_row_count_to_be_between":
-        return "at least one row"
-    if kind == "expect_column_values_to_be_unique":
-        return "unique values"
-    return "no nulls"
-
-
-def _markdown(summary: ValidationSummary, outcomes: list[ExpectationOutcome]) -> str:
-    verdict = "PASSED" if summary.success else "FAILED"
-    lines = [
-        f"# Validation of `{summary.source}`: {verdict}",
-        "",
-        f"{summary.rows} rows; {summary.evaluated - len(summary.failed)} of {summary.evaluated}"
-        " expectations met.",
-        "",
-        "| expectation | column | result | unexpected | examples |",
-        "|---|---|---|---|---|",
+    severity = CRITICAL if action == "block" else WARNING
+    return [
+        gxe.ExpectColumnMeanToBeBetween(column=name, min_value=low, max_value=high, severity=severity,
+                                        description=f"share of +1 between {low} and {high}")
+        for name, (low, high) in bounds.items()
     ]
-    for outcome in sorted(outcomes, key=lambda o: o.success):
-        lines.append(
-            f"| {outcome.expectation} | {outcome.column or ''} | {'ok' if outcome.success else 'FAILED'}"
-            f" | {'' if outcome.unexpected_count is None else outcome.unexpected_count}"
-            f" | {', '.join(map(str, outcome.examples)) if not outcome.success else ''} |"
-        )
-    return "\n".join(lines) + "\n"
+
+
+def _file_expectations() -> list:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, description=f"an image folder {IMAGE_DIR}/ with files"),
+        gxe.ExpectColumnValuesToBeInSet(column=HAS_ROW_COLUMN, value_set=[True], severity=WARNING,
+                                        description=f"a row in {ATTRIBUTE_FILE} for every file; a file without one is unused"),
+    ]
+
+
+def _partition_expectations() -> list:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=[IMAGE_ID_COLUMN, PARTITION_COLUMN, HAS_ROW_COLUMN],
+                                                 description="lines of two fields: an image id, then 0, 1 or 2"),
+        gxe.ExpectColumnValuesToBeUnique(column=IMAGE_ID_COLUMN, description="each image id once"),
+        gxe.ExpectColumnValuesToNotBeNull(column=PARTITION_COLUMN, description="a split code on every line"),
+        gxe.ExpectColumnValuesToBeInSet(column=PARTITION_COLUMN, value_set=[0, 1, 2],
+                                        description="split codes in {0, 1, 2}"),
+        gxe.ExpectColumnValuesToBeInSet(column=HAS_ROW_COLUMN, value_set=[True],
+                                        description=f"a row in {ATTRIBUTE_FILE} for every listed id"),
+    ]

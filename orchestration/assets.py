@@ -28,7 +28,8 @@ from orchestration.dvc_pipeline import (
 )
 
 DVC_POOL = "dvc"  # assets that call DVC run one at a time: DVC locks its workspace
-VALIDATION_CHECK = "attribute_table_valid"
+VALIDATION_CHECK = "attribute_table_valid"  # blocking: a critical expectation failed
+WARNINGS_CHECK = "no_data_warnings"  # not blocking: prevalence (action warn) or files without a row
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class StageAsset:
 STAGE_ASSETS = {
     "download": StageAsset("raw_images", "data", "The raw dataset in CelebA layout (data/raw): images, "
                            "list_attr_celeba.txt and list_eval_partition.txt, from `data.source`."),
-    "validate": StageAsset("validation_report", "data", "Great Expectations report on the attribute table "
-                           "(reports/validation); its blocking check keeps bad data from `prepare` and `train`."),
+    "validate": StageAsset("validation_report", "data", "Great Expectations report on the attribute table, "
+                           "partition file and images (reports/validation); its blocking check keeps bad data "
+                           "from `prepare` and `train`, its warning check flags shifted deliveries."),
     "prepare": StageAsset("prepared_images", "data", "Centre-cropped, resized uint8 images and attributes per "
                           "split (data/prepared)."),
     "train": StageAsset("cvae_model", "model", "The trained conditional VAE (models/cvae.keras) and its "
@@ -61,11 +63,16 @@ def _png_markdown(path: Path, caption: str) -> str:
 
 def _validation_metadata(root: Path) -> dict:
     summary = json.loads((root / "reports/validation/summary.json").read_text())
+    page = root / "reports/validation/summary.md"
     return {
         "rows": summary["rows"],
+        "image_files": summary["image_files"],
         "expectations_evaluated": summary["evaluated"],
         "expectations_failed": len(summary["failed"]),
-        "report": dg.MetadataValue.path(str(root / "reports/validation/summary.md")),
+        "warnings": len(summary["warnings"]),
+        "attribute_shares": dg.MetadataValue.json(summary["shares"]),
+        "report": dg.MetadataValue.path(str(page)),
+        "report_page": dg.MetadataValue.md(page.read_text()),
     }
 
 
@@ -144,27 +151,44 @@ def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
     if stage_failed and summary["success"]:
         raise dg.Failure("the validate stage failed although the data passed; see the step's logs")
     lock_metadata, version = _lock_metadata(dvc.root, "validate")
-    check = dg.AssetCheckResult(
-        check_name=VALIDATION_CHECK,
-        passed=bool(summary["success"]),
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "failed_expectations": dg.MetadataValue.json(summary["failed"]),
-            "report": dg.MetadataValue.path(str(dvc.root / "reports/validation/summary.md")),
-        },
-    )
+    report = dg.MetadataValue.path(str(dvc.root / "reports/validation/summary.md"))
+    checks = [
+        dg.AssetCheckResult(
+            check_name=VALIDATION_CHECK,
+            passed=bool(summary["success"]),
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"failed_expectations": dg.MetadataValue.json(summary["failed"]), "report": report},
+        ),
+        dg.AssetCheckResult(
+            check_name=WARNINGS_CHECK,
+            passed=not summary["warnings"],
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "warnings": dg.MetadataValue.json(summary["warnings"]),
+                "attribute_shares": dg.MetadataValue.json(summary["shares"]),
+                "report": report,
+            },
+        ),
+    ]
     return dg.MaterializeResult(
         metadata={**_validation_metadata(dvc.root), **lock_metadata},
         data_version=version if not stage_failed else None,
-        check_results=[check],
+        check_results=checks,
     )
 
 
 def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
     spec = STAGE_ASSETS[stage]
     check_specs = (
-        [dg.AssetCheckSpec(VALIDATION_CHECK, asset=spec.name, blocking=True,
-                           description="The attribute table passes the Great Expectations suite.")]
+        [
+            dg.AssetCheckSpec(VALIDATION_CHECK, asset=spec.name, blocking=True,
+                              description="No critical Great Expectations expectation failed: attribute "
+                                          "table, partition file and images are sound."),
+            dg.AssetCheckSpec(WARNINGS_CHECK, asset=spec.name, blocking=False,
+                              description="No warning-level expectation failed: attribute prevalence within "
+                                          "validate.prevalence (with prevalence_action: warn), and no image "
+                                          "file without an attribute row."),
+        ]
         if stage == "validate" else []
     )
 

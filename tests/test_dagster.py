@@ -10,11 +10,14 @@ import pytest
 import yaml
 
 from cvae.celeba import ATTRIBUTE_FILE
-from orchestration.assets import STAGE_ASSETS, VALIDATION_CHECK, build_stage_assets
+from orchestration.assets import STAGE_ASSETS, VALIDATION_CHECK, WARNINGS_CHECK, build_stage_assets
 from orchestration.definitions import defs
 from orchestration.dvc_pipeline import DvcProject
 from orchestration.schedules import nightly_retrain
 from tests.conftest import BIN, DVC, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
+
+# Wide prevalence bounds: 96 drawn faces may miss the default bounds by chance.
+WIDE = {"Male": [0.0, 1.0], "Smiling": [0.0, 1.0], "Eyeglasses": [0.0, 1.0]}
 
 
 def resources(repo):
@@ -24,6 +27,10 @@ def resources(repo):
 
 def materialized(result):
     return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+
+
+def check_evaluations(result):
+    return {check.check_name: check for check in result.get_asset_check_evaluations()}
 
 
 def test_definitions_load_in_dagster_tooling(tmp_path, monkeypatch):
@@ -69,7 +76,7 @@ def test_the_nightly_schedule_requests_a_retraining_run():
 
 
 def test_materializing_everything_leaves_dvc_clean(tmp_path):
-    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict())
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": WIDE}))
     result = dg.materialize(defs.assets, resources=resources(repo))
     assert result.success
     assert materialized(result) == {spec.name for spec in STAGE_ASSETS.values()}
@@ -84,8 +91,8 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     assert figures["samples_path"].value.endswith("reports/figures/samples.png")
     metrics = by_asset["evaluation_metrics"].metadata
     assert metrics["mse"].value == json.loads((repo / "reports/metrics.json").read_text())["mse"]
-    checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [(VALIDATION_CHECK, True)]
+    checks = check_evaluations(result)
+    assert {name: check.passed for name, check in checks.items()} == {VALIDATION_CHECK: True, WARNINGS_CHECK: True}
 
 
 def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path, synthetic_root):
@@ -99,9 +106,26 @@ def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path,
 
     result = dg.materialize(defs.assets, resources=resources(repo), raise_on_error=False)
     assert not result.success
-    [check] = result.get_asset_check_evaluations()
-    assert (check.check_name, check.passed) == (VALIDATION_CHECK, False)
+    check = check_evaluations(result)[VALIDATION_CHECK]
+    assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.ERROR)
     failed = check.metadata["failed_expectations"].data
     assert any(f["column"] == "5_o_Clock_Shadow" and f["examples"] == ["000001.jpg: 7"] for f in failed)
     assert materialized(result) == {"raw_images", "validation_report"}
     assert not (repo / "data/prepared").exists() and not (repo / "models/cvae.keras").exists()
+
+
+def test_a_prevalence_warning_fails_the_warning_check_and_downstream_still_runs(tmp_path):
+    shifted = {**WIDE, "Male": [0.95, 1.0]}  # as if the nightly delivery had lost most men
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": shifted}))
+    selection = dg.AssetSelection.assets("raw_images", "validation_report", "prepared_images")
+
+    result = dg.materialize(defs.assets, selection=selection, resources=resources(repo))
+    assert result.success
+    checks = check_evaluations(result)
+    assert checks[VALIDATION_CHECK].passed
+    warning = checks[WARNINGS_CHECK]
+    assert (warning.passed, warning.severity) == (False, dg.AssetCheckSeverity.WARN)
+    [male] = warning.metadata["warnings"].data
+    assert male["column"] == "Male" and male["observed"] == warning.metadata["attribute_shares"].data["Male"]
+    assert materialized(result) == {"raw_images", "validation_report", "prepared_images"}
+    assert (repo / "data/prepared/meta.json").exists()

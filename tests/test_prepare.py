@@ -8,7 +8,8 @@ from cvae.celeba import IMAGE_DIR, read_partition
 from cvae.config import params_from_dict
 from cvae.dataset import load_split, tf_dataset, to_unit_range
 from cvae.errors import CvaeError
-from cvae.prepare import _load_chunk, bounded_map, load_square, prepare
+from cvae.parallel import bounded_map
+from cvae.prepare import _load_chunk, load_square, prepare
 from cvae.validation import validate
 from tests.conftest import tiny_params_dict
 
