@@ -8,6 +8,8 @@ passed validation.
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,29 +103,44 @@ def _lenient_frame(rows: list[list[str]], names: list[str]) -> pd.DataFrame:
 
 
 def load_attributes(path: str | Path) -> Attributes:
-    """Strict reader: every problem is an error naming the file and the line."""
+    """Strict reader: every problem is an error naming the file and the line.
+
+    Streams the file and packs values straight into int8, so a 200,000-row table costs
+    a few megabytes, not a list of Python ints per row.
+    """
     path = Path(path)
-    lines = _lines(path)
-    if len(lines) < 2:
+    lines = _numbered_lines(path)
+    next(lines, None)  # the image count: validation has checked it against the rows
+    header = next(lines, None)
+    if header is None:
         raise CvaeError(f"{path}: expected a count line and a header line")
-    names = lines[1].split()
-    ids, rows = [], []
-    for number, line in enumerate(lines[2:], start=3):
-        image_id, *tokens = line.split()
-        if len(tokens) != len(names):
-            raise CvaeError(
-                f"{path}:{number}: expected {len(names)} values after {image_id}, got {len(tokens)}"
-            )
+    names = header[1].split()
+    ids: list[str] = []
+    values = array("b")
+    for number, line in lines:
+        image_id, *row = line.split()
+        if len(row) != len(names):
+            raise CvaeError(f"{path}:{number}: expected {len(names)} values after {image_id}, got {len(row)}")
         try:
-            row = [int(token) for token in tokens]
+            parsed = [int(token) for token in row]  # as validation reads them: "+1" is 1
         except ValueError:
-            raise CvaeError(f"{path}:{number}: values must be -1 or 1: {line.strip()!r}") from None
-        if any(value not in (-1, 1) for value in row):
+            parsed = []
+        if len(parsed) != len(row) or any(value not in (-1, 1) for value in parsed):
             raise CvaeError(f"{path}:{number}: values must be -1 or 1: {line.strip()!r}")
         ids.append(image_id)
-        rows.append(row)
-    values = np.asarray(rows, dtype=np.int8).reshape(len(rows), len(names))
-    return Attributes(ids, names, values)
+        values.extend(parsed)
+    return Attributes(ids, names, np.frombuffer(values, dtype=np.int8).reshape(len(ids), len(names)).copy())
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number in the file, line) for each non-empty line, read as a stream."""
+    try:
+        with path.open(encoding="utf-8") as handle:  # universal newlines: CRLF copies too
+            yield from ((number, line) for number, line in enumerate(handle, start=1) if line.strip())
+    except FileNotFoundError:
+        raise CvaeError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise CvaeError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
 
 
 def write_attributes(path: str | Path, attributes: Attributes) -> None:

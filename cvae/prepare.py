@@ -10,6 +10,7 @@ on disk; `cvae.dataset` scales them to [0, 1] exactly once.
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -117,25 +118,31 @@ def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out
         raise CvaeError(f"{partition_path}: no split for {len(missing)} image(s), e.g. {missing[:3]}")
     codes = np.array([partition[image_id] for image_id in attributes.image_ids])
     size, crop = params.data.image_size, params.data.crop
+    subsets = {split: attributes.subset(np.flatnonzero(codes == code)) for code, split in enumerate(SPLITS)}
+    # One stream of jobs over all splits, so that the workers never wait between splits.
+    job_splits = [split for split, subset in subsets.items() for _ in range(0, len(subset.image_ids), CHUNK)]
+    image_dir = str(raw_dir / IMAGE_DIR)
+    jobs = (
+        ([os.path.join(image_dir, image_id) for image_id in subset.image_ids[start:start + CHUNK]], crop, size)
+        for subset in subsets.values() for start in range(0, len(subset.image_ids), CHUNK)
+    )
     workers = usable_cores()
 
-    counts, shards = {}, {}
     with replace_directory(out_dir) as staging, ProcessPoolExecutor(workers) as pool:
-        for code, split in enumerate(SPLITS):
-            subset = attributes.subset(np.flatnonzero(codes == code))
-            counts[split] = len(subset.image_ids)
+        writers = {}
+        for split, subset in subsets.items():
             split_dir = staging / split
             split_dir.mkdir()
             np.save(split_dir / ATTRIBUTES_FILE, subset.values)
             (split_dir / IDS_FILE).write_text("".join(f"{i}\n" for i in subset.image_ids))
-            paths = [str(raw_dir / IMAGE_DIR / image_id) for image_id in subset.image_ids]
-            jobs = [(paths[i:i + CHUNK], crop, size) for i in range(0, len(paths), CHUNK)]
-            writer = ShardWriter(split_dir, params.data.shard_images, size)
-            for chunk in progress(bounded_map(pool, _load_chunk, jobs, window=2 * workers), total=len(jobs),
-                                  desc=f"prepare {split}"):
-                writer.add(chunk)
-            shards[split] = writer.close()
-        meta = {"attribute_names": attributes.names, "image_size": size, "crop": crop, "splits": counts,
-                "shards": shards}
+            writers[split] = ShardWriter(split_dir, params.data.shard_images, size)
+        chunks = bounded_map(pool, _load_chunk, jobs, window=2 * workers)
+        for split, chunk in progress(zip(job_splits, chunks, strict=True), total=len(job_splits), desc="prepare"):
+            writers[split].add(chunk)
+        meta = {
+            "attribute_names": attributes.names, "image_size": size, "crop": crop,
+            "splits": {split: len(subset.image_ids) for split, subset in subsets.items()},
+            "shards": {split: writer.close() for split, writer in writers.items()},
+        }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
