@@ -1,10 +1,12 @@
 """The `prepare` stage: validated raw images -> centre-cropped, resized uint8 shards.
 
-Images are decoded, cropped and resized in parallel worker processes, a chunk at a time,
-with only a few chunks in flight; the main process packs them into shard files of
-`data.shard_images` images. Memory is bounded by the chunk and shard sizes, never by the
-dataset: a 200,000-image set streams through the same few megabytes. Pixels stay uint8
-on disk; `cvae.dataset` scales them to [0, 1] exactly once.
+The main process creates each split's shard files (`data.shard_images` images each,
+empty) and hands out chunks of them; worker processes, one per core, decode (OpenCV,
+with libjpeg's reduced-scale decoding where the final size allows it), crop and resize
+a chunk and write it straight into its rows of the shard. A few chunks are in flight at a
+time, so memory is bounded by the chunk size, never by the dataset: a 200,000-image set
+streams through the same few megabytes. Pixels stay uint8 on disk; `cvae.dataset`
+scales them to [0, 1] exactly once.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -35,66 +39,105 @@ from cvae.progress import progress
 from cvae.validation import read_summary
 
 CHUNK = 128  # images per worker task: large enough to amortise the hand-off
+# OpenCV's imread flags for libjpeg's reduced-scale decoding, by reduction factor
+REDUCED_DECODE = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
-def load_square(path: str | Path, crop: int, size: int) -> np.ndarray:
-    """Decode one image, take the centre `crop` square (or the largest square that fits,
-    when the image is smaller), and resize it to `size`; returns uint8 (size, size, 3)."""
+def decode_reduction(path: str | Path, crop: int, size: int) -> int:
+    """The largest factor by which libjpeg may shrink this JPEG while decoding (DCT
+    scaling, much faster than a full decode) that still leaves `size` pixels across the
+    crop; 1 for other formats, which gain nothing from it. Reads the header only."""
     with Image.open(path) as image:
-        width, height = image.size
-        side = min(crop, width, height)
-        # Let libjpeg decode at a reduced scale when that still leaves >= `size` pixels
-        # across the crop: much faster, and no loss at the final size.
-        if image.draft("RGB", (width * size // side, height * size // side)) is not None:
-            factor = image.size[0] / width
-            width, height = image.size
-            side = max(size, round(side * factor))
-        left, top = (width - side) // 2, (height - side) // 2
-        if image.mode != "RGB":  # greyscale, palette, RGBA, CMYK; converting RGB would only copy
-            image = image.convert("RGB")
-        # crop first: resizing with a box would let the filter blend in pixels outside it
-        square = image.crop((left, top, left + side, top + side))
-        return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
+        if image.format != "JPEG":
+            return 1
+        side = min(crop, *image.size)
+    return max(factor for factor in REDUCED_DECODE if side // factor >= size)
 
 
-def _load_chunk(job: tuple[list[str], int, int]) -> np.ndarray:
-    paths, crop, size = job
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for row, path in enumerate(paths):
+def load_square(path: str | Path, crop: int, size: int, reduction: int | None = None) -> np.ndarray:
+    """Decode one image, take the centre `crop` square (or the largest square that fits,
+    when the image is smaller), and resize it to `size`; returns uint8 RGB (size, size, 3).
+
+    `reduction` is the decode scale (`decode_reduction`); `prepare` passes the one of a
+    chunk's first image, since a dataset's images mostly share a size, and an image that
+    it does not fit is decoded again at full size."""
+    if reduction is None:
+        reduction = decode_reduction(path, crop, size)
+    pixels = _decode_bgr(path, reduction)
+    height, width = pixels.shape[:2]
+    side = min(crop // reduction, width, height)
+    if side < size and reduction > 1:
+        return load_square(path, crop, size, reduction=1)
+    top, left = (height - side) // 2, (width - side) // 2
+    # crop first: resizing a larger region would let the filter blend in pixels outside it;
+    # INTER_AREA averages what each output pixel covers, the right filter to shrink with
+    square = cv2.resize(pixels[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(square, cv2.COLOR_BGR2RGB)
+
+
+def _decode_bgr(path: str | Path, reduction: int) -> np.ndarray:
+    """3-channel BGR pixels (greyscale, palette, alpha and CMYK converted), `reduction`
+    times smaller than the image."""
+    pixels = cv2.imread(str(path), REDUCED_DECODE[reduction])
+    if pixels is None:  # a format OpenCV lacks; validation decoded it with Pillow, so Pillow can
+        with Image.open(path) as image:
+            pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1])
+        if reduction > 1:
+            height, width = pixels.shape[:2]
+            pixels = cv2.resize(pixels, (width // reduction, height // reduction), interpolation=cv2.INTER_AREA)
+    return pixels
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A worker's job: decode `paths` and write them at `first_row` of the shard `shard`."""
+
+    paths: list[str]
+    crop: int
+    size: int
+    shard: str
+    first_row: int
+
+
+def _load_chunk(chunk: Chunk) -> int:
+    """Decode a chunk and write it straight into its rows of the shard file: no pixels
+    travel back to the main process, which would only copy them again."""
+    cv2.setNumThreads(1)  # one worker process per core already: no threads on top
+    pixels = np.empty((len(chunk.paths), chunk.size, chunk.size, 3), dtype=np.uint8)
+    reduction = None
+    for row, path in enumerate(chunk.paths):
         try:
-            out[row] = load_square(path, crop, size)
-        except (OSError, ValueError) as exc:  # name the file: validation should have caught it
+            reduction = reduction or decode_reduction(path, chunk.crop, chunk.size)
+            pixels[row] = load_square(path, chunk.crop, chunk.size, reduction)
+        except (OSError, ValueError, cv2.error) as exc:  # name the file: validation should have caught it
             raise CvaeError(f"{path}: cannot read image: {exc}") from None
-    return out
+    shard = np.load(chunk.shard, mmap_mode="r+")
+    shard[chunk.first_row:chunk.first_row + len(pixels)] = pixels
+    shard.flush()
+    del shard  # unmapped: the written pages leave this process
+    return len(pixels)
 
 
-class ShardWriter:
-    """Packs image chunks into `images-NNNNN.npy` files of `shard_images` images each."""
-
-    def __init__(self, directory: Path, shard_images: int, size: int):
-        self.directory = directory
-        self.buffer = np.empty((shard_images, size, size, 3), dtype=np.uint8)
-        self.filled = 0
-        self.counts: list[int] = []
-
-    def add(self, images: np.ndarray) -> None:
-        while len(images):
-            taken = min(len(images), len(self.buffer) - self.filled)
-            self.buffer[self.filled:self.filled + taken] = images[:taken]
-            self.filled += taken
-            images = images[taken:]
-            if self.filled == len(self.buffer):
-                self._flush()
-
-    def close(self) -> list[int]:
-        if self.filled:
-            self._flush()
-        return self.counts
-
-    def _flush(self) -> None:
-        np.save(self.directory / SHARD_NAME.format(len(self.counts)), self.buffer[:self.filled])
-        self.counts.append(self.filled)
-        self.filled = 0
+def _plan_shards(split_dir: Path, image_ids: list[str], image_dir: str, shard_images: int, crop: int,
+                 size: int) -> tuple[list[int], list[Chunk]]:
+    """Create the split's empty shard files (`images-NNNNN.npy`, full size, header written)
+    and the chunks that fill them; a chunk never straddles two shards."""
+    counts, chunks = [], []
+    for index, shard_start in enumerate(range(0, len(image_ids), shard_images)):
+        shard_ids = image_ids[shard_start:shard_start + shard_images]
+        shard = split_dir / SHARD_NAME.format(index)
+        empty = np.lib.format.open_memmap(shard, mode="w+", dtype=np.uint8, shape=(len(shard_ids), size, size, 3))
+        del empty  # the file now has its header and full size (sparse); the workers fill it
+        counts.append(len(shard_ids))
+        for first in range(0, len(shard_ids), CHUNK):
+            paths = [os.path.join(image_dir, image_id) for image_id in shard_ids[first:first + CHUNK]]
+            chunks.append(Chunk(paths, crop, size, str(shard), first))
+    return counts, chunks
 
 
 def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out_dir: str | Path) -> dict:
@@ -119,30 +162,24 @@ def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out
     codes = np.array([partition[image_id] for image_id in attributes.image_ids])
     size, crop = params.data.image_size, params.data.crop
     subsets = {split: attributes.subset(np.flatnonzero(codes == code)) for code, split in enumerate(SPLITS)}
-    # One stream of jobs over all splits, so that the workers never wait between splits.
-    job_splits = [split for split, subset in subsets.items() for _ in range(0, len(subset.image_ids), CHUNK)]
-    image_dir = str(raw_dir / IMAGE_DIR)
-    jobs = (
-        ([os.path.join(image_dir, image_id) for image_id in subset.image_ids[start:start + CHUNK]], crop, size)
-        for subset in subsets.values() for start in range(0, len(subset.image_ids), CHUNK)
-    )
     workers = usable_cores()
 
     with replace_directory(out_dir) as staging, ProcessPoolExecutor(workers) as pool:
-        writers = {}
+        shards, chunks = {}, []
         for split, subset in subsets.items():
             split_dir = staging / split
             split_dir.mkdir()
             np.save(split_dir / ATTRIBUTES_FILE, subset.values)
             (split_dir / IDS_FILE).write_text("".join(f"{i}\n" for i in subset.image_ids))
-            writers[split] = ShardWriter(split_dir, params.data.shard_images, size)
-        chunks = bounded_map(pool, _load_chunk, jobs, window=2 * workers)
-        for split, chunk in progress(zip(job_splits, chunks, strict=True), total=len(job_splits), desc="prepare"):
-            writers[split].add(chunk)
+            shards[split], split_chunks = _plan_shards(split_dir, subset.image_ids, str(raw_dir / IMAGE_DIR),
+                                                       params.data.shard_images, crop, size)
+            chunks += split_chunks  # one stream over all splits: the workers never wait between them
+        for _ in progress(bounded_map(pool, _load_chunk, chunks, window=2 * workers), total=len(chunks),
+                          desc="prepare"):
+            pass
         meta = {
             "attribute_names": attributes.names, "image_size": size, "crop": crop,
-            "splits": {split: len(subset.image_ids) for split, subset in subsets.items()},
-            "shards": {split: writer.close() for split, writer in writers.items()},
+            "splits": {split: len(subset.image_ids) for split, subset in subsets.items()}, "shards": shards,
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -9,7 +9,7 @@ from cvae.config import params_from_dict
 from cvae.dataset import load_split, tf_dataset, to_unit_range
 from cvae.errors import CvaeError
 from cvae.parallel import bounded_map
-from cvae.prepare import _load_chunk, load_square, prepare
+from cvae.prepare import Chunk, _load_chunk, load_square, prepare
 from cvae.validation import validate
 from tests.conftest import tiny_params_dict
 
@@ -21,7 +21,9 @@ def prepared(tmp_path_factory, synthetic_root):
     out = tmp_path_factory.mktemp("prepared")
     params = params_from_dict(tiny_params_dict(data={"shard_images": SHARD}))
     validate(params, synthetic_root, out / "validation")
-    prepare(params, synthetic_root, out / "validation", out / "prepared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("cvae.prepare.CHUNK", 2)  # several chunks per shard, one of them short
+        prepare(params, synthetic_root, out / "validation", out / "prepared")
     return out / "prepared"
 
 
@@ -38,7 +40,7 @@ def test_images_are_packed_into_bounded_shards_in_order(prepared, synthetic_root
     counts = [len(np.load(path, mmap_mode="r")) for path in split.images.paths]
     assert counts == split.images.counts and max(counts) == SHARD and sum(counts) == len(split)
     assert len(counts) == -(-len(split) // SHARD)
-    for row in (0, SHARD - 1, SHARD, len(split) - 1):  # both sides of a shard boundary
+    for row in range(len(split)):  # across chunk and shard boundaries
         expected = load_square(synthetic_root / IMAGE_DIR / split.image_ids[row], crop=148, size=32)
         np.testing.assert_array_equal(split.images[row], expected)
     rows = np.array([len(split) - 1, 0, SHARD + 1])
@@ -115,7 +117,7 @@ def test_a_crop_larger_than_the_image_falls_back_to_the_largest_square(tmp_path)
 def test_an_unreadable_image_is_named(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CvaeError, match="broken.jpg: cannot read image"):
-        _load_chunk(([str(tmp_path / "broken.jpg")], 148, 32))
+        _load_chunk(Chunk([str(tmp_path / "broken.jpg")], 148, 32, shard=str(tmp_path / "images-00000.npy"), first_row=0))
 
 
 def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, tiny_params):
