@@ -12,6 +12,7 @@ from cvae.atomic import replace_file
 from cvae.config import Params
 from cvae.dataset import load_split, tf_dataset, to_unit_range
 
+
 def mean_image(split) -> np.ndarray:
     """The per-pixel mean of a split in [0, 1], read shard by shard (bounded memory)."""
     total = np.zeros(split.images.shape[1:], dtype=np.float64)

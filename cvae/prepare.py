@@ -11,8 +11,10 @@ scales them to [0, 1] exactly once.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,21 +125,28 @@ def _load_chunk(chunk: Chunk) -> int:
     return len(pixels)
 
 
-def _plan_shards(split_dir: Path, image_ids: list[str], image_dir: str, shard_images: int, crop: int,
-                 size: int) -> tuple[list[int], list[Chunk]]:
-    """Create the split's empty shard files (`images-NNNNN.npy`, full size, header written)
-    and the chunks that fill them; a chunk never straddles two shards."""
-    counts, chunks = [], []
-    for index, shard_start in enumerate(range(0, len(image_ids), shard_images)):
-        shard_ids = image_ids[shard_start:shard_start + shard_images]
-        shard = split_dir / SHARD_NAME.format(index)
-        empty = np.lib.format.open_memmap(shard, mode="w+", dtype=np.uint8, shape=(len(shard_ids), size, size, 3))
-        del empty  # the file now has its header and full size (sparse); the workers fill it
-        counts.append(len(shard_ids))
-        for first in range(0, len(shard_ids), CHUNK):
-            paths = [os.path.join(image_dir, image_id) for image_id in shard_ids[first:first + CHUNK]]
-            chunks.append(Chunk(paths, crop, size, str(shard), first))
-    return counts, chunks
+def _create_shards(split_dir: Path, images: int, shard_images: int, size: int) -> list[int]:
+    """Create a split's shard files (`images-NNNNN.npy`), empty at full size with their
+    header written, for the workers to fill; returns their image counts."""
+    counts = [min(shard_images, images - start) for start in range(0, images, shard_images)]
+    for index, count in enumerate(counts):
+        empty = np.lib.format.open_memmap(split_dir / SHARD_NAME.format(index), mode="w+", dtype=np.uint8,
+                                          shape=(count, size, size, 3))
+        del empty  # the file now has its header and full size (sparse)
+    return counts
+
+
+def _chunks(split_dir: Path, image_ids: list[str], image_dir: str, counts: list[int], crop: int,
+            size: int) -> Iterator[Chunk]:
+    """The chunks that fill a split's shards, made as they are needed (paths for 200,000
+    images would be tens of megabytes); a chunk never straddles two shards."""
+    shard_start = 0
+    for index, count in enumerate(counts):
+        shard = str(split_dir / SHARD_NAME.format(index))
+        for first in range(0, count, CHUNK):
+            ids = image_ids[shard_start + first:shard_start + min(first + CHUNK, count)]
+            yield Chunk([os.path.join(image_dir, image_id) for image_id in ids], crop, size, shard, first)
+        shard_start += count
 
 
 def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out_dir: str | Path) -> dict:
@@ -165,17 +174,20 @@ def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out
     workers = usable_cores()
 
     with replace_directory(out_dir) as staging, ProcessPoolExecutor(workers) as pool:
-        shards, chunks = {}, []
+        shards, chunk_streams = {}, []
         for split, subset in subsets.items():
             split_dir = staging / split
             split_dir.mkdir()
             np.save(split_dir / ATTRIBUTES_FILE, subset.values)
             (split_dir / IDS_FILE).write_text("".join(f"{i}\n" for i in subset.image_ids))
-            shards[split], split_chunks = _plan_shards(split_dir, subset.image_ids, str(raw_dir / IMAGE_DIR),
-                                                       params.data.shard_images, crop, size)
-            chunks += split_chunks  # one stream over all splits: the workers never wait between them
-        for _ in progress(bounded_map(pool, _load_chunk, chunks, window=2 * workers), total=len(chunks),
-                          desc="prepare"):
+            shards[split] = _create_shards(split_dir, len(subset.image_ids), params.data.shard_images, size)
+            chunk_streams.append(
+                _chunks(split_dir, subset.image_ids, str(raw_dir / IMAGE_DIR), shards[split], crop, size)
+            )
+        total = sum(-(-count // CHUNK) for counts in shards.values() for count in counts)
+        # one stream over all splits: the workers never wait between them
+        done = bounded_map(pool, _load_chunk, itertools.chain(*chunk_streams), window=2 * workers)
+        for _ in progress(done, total=total, desc="prepare"):
             pass
         meta = {
             "attribute_names": attributes.names, "image_size": size, "crop": crop,

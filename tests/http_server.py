@@ -63,7 +63,7 @@ class FileServer:
 
 def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        def do_GET(self) -> None:
             server.requests.append((self.path, dict(self.headers)))
             served = server.files.get(self.path)
             if served is None or served.status != 200:

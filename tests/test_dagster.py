@@ -3,7 +3,7 @@
 import json
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
@@ -65,7 +65,7 @@ def test_a_stage_without_an_asset_fails_the_import(tmp_path):
 
 def test_the_nightly_schedule_requests_a_retraining_run():
     assert nightly_retrain.cron_schedule == "0 2 * * *"
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=timezone.utc))
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 2, tzinfo=UTC))
     requests = nightly_retrain.evaluate_tick(context).run_requests
     assert len(requests) == 1
     assert nightly_retrain.job_name == "retrain"

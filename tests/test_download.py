@@ -356,9 +356,8 @@ def test_a_partial_file_from_another_url_is_not_resumed(tmp_path, raw, celeba_zi
 def test_checksum_mismatch_keeps_the_bad_download_aside(tmp_path, raw, celeba_zip):
     body = celeba_zip.read_bytes()
     wrong = "sha256:" + "ab" * 32
-    with FileServer({"/celeba.zip": Served(body, ZIP)}) as server:
-        with pytest.raises(CvaeError) as error:
-            download(make_params(tmp_path, source=server.url("/celeba.zip"), checksum=wrong), raw)
+    with FileServer({"/celeba.zip": Served(body, ZIP)}) as server, pytest.raises(CvaeError) as error:
+        download(make_params(tmp_path, source=server.url("/celeba.zip"), checksum=wrong), raw)
     bad = tmp_path / "downloads" / "celeba.zip.bad"
     assert str(error.value) == (
         f"{server.url('/celeba.zip')}: checksum mismatch: expected {wrong}, got {digest('sha256', body)};"
@@ -411,12 +410,11 @@ def test_celeba_from_a_mirror(tmp_path, raw, celeba_dir, official_files, monkeyp
 
 def test_celeba_files_are_checked_against_the_official_md5s(tmp_path, raw, official_files):
     served = {f"/celeba/{name}": Served(body, "text/plain") for name, body in official_files.items()}
-    with FileServer(served) as server:
-        with pytest.raises(CvaeError, match=(
-            r"celeba: cannot get list_attr_celeba.txt: .*checksum mismatch:"
-            r" expected md5:75e246fa4810816ffd6ee81facbd244c.*\nCheck data.celeba_mirror"
-        )):
-            download(make_params(tmp_path, source="celeba", celeba_mirror=server.url("/celeba")), raw)
+    with FileServer(served) as server, pytest.raises(CvaeError, match=(
+        r"celeba: cannot get list_attr_celeba.txt: .*checksum mismatch:"
+        r" expected md5:75e246fa4810816ffd6ee81facbd244c.*\nCheck data.celeba_mirror"
+    )):
+        download(make_params(tmp_path, source="celeba", celeba_mirror=server.url("/celeba")), raw)
     assert_nothing_half_done(raw)
 
 

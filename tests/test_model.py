@@ -3,7 +3,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cvae.model import CVAE, build_cvae, load_cvae  # noqa: E402
+from cvae.model import CVAE, build_cvae, load_cvae
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvae.celeba import ATTRIBUTE_FILE, CELEBA_ATTRIBUTES, IMAGE_DIR, PARTITION_FILE, load_attributes, read_partition
+from cvae.celeba import (
+    ATTRIBUTE_FILE,
+    CELEBA_ATTRIBUTES,
+    IMAGE_DIR,
+    PARTITION_FILE,
+    load_attributes,
+    read_partition,
+)
 from cvae.synthetic import VISIBLE_ATTRIBUTES, draw_face, generate, sample_attributes
 
 
