@@ -43,7 +43,7 @@ from cvae.validation import validate
 PROJECT = Path(__file__).resolve().parent.parent
 CVAE = str(Path(sys.executable).parent / "cvae")
 BATCH = 64  # the tutorial generator's batch size
-REPEATS = 3  # runs of each contender; the fastest counts
+ROUNDS = 5  # turns of every contender; the median counts
 TUTORIAL_IMAGES = 2000  # the tutorial loader is slow: it runs on the first 2,000 files
 SMALL_SIDE = (44, 54)  # the small images of the memory runs: CelebA's shape, a quarter the size
 THROUGHPUT_LABELS = {
@@ -96,15 +96,10 @@ def decode_on_all_cores(function, jobs: list) -> int:
         return sum(pool.map(function, jobs))
 
 
-def best_rate(images: int, function, *args, repeats: int = REPEATS) -> float:
-    """Images/s of the fastest of `repeats` runs: this machine's timings swing by a fifth
-    from run to run, and the fastest run is the one least disturbed."""
-    fastest = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function(*args)
-        fastest = min(fastest, time.perf_counter() - start)
-    return images / fastest
+def rate(images: int, function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return images / (time.perf_counter() - start)
 
 
 def throughput(work: Path, images: int) -> dict[str, float]:
@@ -120,14 +115,23 @@ def throughput(work: Path, images: int) -> dict[str, float]:
 
     n = len(paths)
     reduction = decode_reduction(paths[0], crop, size)
-    tutorial_paths = paths[:TUTORIAL_IMAGES]  # the slow one: a subset, so that it too gets three runs
-    rates = {
-        "tutorial": best_rate(len(tutorial_paths), tutorial_loader, tutorial_paths, crop, size),
-        "decode_pillow": best_rate(n, decode_on_all_cores, _decode_pillow, chunks),
-        "decode_full": best_rate(n, decode_on_all_cores, _decode_opencv, [(chunk, 1) for chunk in chunks]),
-        "decode_scaled": best_rate(n, decode_on_all_cores, _decode_opencv, [(chunk, reduction) for chunk in chunks]),
-        "prepare": best_rate(n, prepare, params, raw, work / "validation", work / "prepared"),
+    tutorial_paths = paths[:TUTORIAL_IMAGES]  # the slow one runs on a subset
+    contenders = {
+        "tutorial": (len(tutorial_paths), tutorial_loader, tutorial_paths, crop, size),
+        "decode_pillow": (n, decode_on_all_cores, _decode_pillow, chunks),
+        "decode_full": (n, decode_on_all_cores, _decode_opencv, [(chunk, 1) for chunk in chunks]),
+        "decode_scaled": (n, decode_on_all_cores, _decode_opencv, [(chunk, reduction) for chunk in chunks]),
+        "prepare": (n, prepare, params, raw, work / "validation", work / "prepared"),
     }
+    # This machine's speed drifts by a third from minute to minute: the contenders take
+    # turns, round after round, and each one's median round counts.
+    rounds = {key: [] for key in contenders}
+    for _ in range(ROUNDS):
+        for key, (count, function, *args) in contenders.items():
+            rounds[key].append(rate(count, function, *args))
+    rates = {key: float(np.median(values)) for key, values in rounds.items()}
+    for key, values in rounds.items():
+        print(f"  rounds of {key}: {', '.join(f'{value:.0f}' for value in values)} images/s", flush=True)
     # the same pixels either way? prepare must not be fast by doing less
     first = np.load(work / "prepared" / "train" / "images-00000.npy", mmap_mode="r")[0]
     train_id = (work / "prepared" / "train" / "image_ids.txt").read_text().split()[0]
@@ -236,7 +240,8 @@ def main() -> None:
           f" python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="cvae-bench-") as scratch:
         work = Path(scratch)
-        print(f"\nthroughput on {throughput_images:,} CelebA-sized JPEGs (178x218 -> crop 148 -> 64 px):")
+        print(f"\nthroughput on {throughput_images:,} CelebA-sized JPEGs (178x218 -> crop 148 -> 64 px),"
+              f" median of {ROUNDS} rounds:")
         rates = throughput(work, throughput_images)
         for key, label in THROUGHPUT_LABELS.items():
             print(f"  {label:<62} {rates[key]:8.0f} images/s  ({rates[key] / rates['tutorial']:5.1f}x tutorial)")

@@ -97,13 +97,13 @@ def _decode_bgr(path: str | Path, reduction: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A worker's job: decode `paths` and write them at `first_row` of the shard `shard`."""
+    """A worker's job: decode `paths` and write them at byte `offset` of the shard file."""
 
     paths: list[str]
     crop: int
     size: int
     shard: str
-    first_row: int
+    offset: int
 
 
 def _load_chunk(chunk: Chunk) -> int:
@@ -118,34 +118,35 @@ def _load_chunk(chunk: Chunk) -> int:
             pixels[row] = load_square(path, chunk.crop, chunk.size, reduction)
         except (OSError, ValueError, cv2.error) as exc:  # name the file: validation should have caught it
             raise CvaeError(f"{path}: cannot read image: {exc}") from None
-    shard = np.load(chunk.shard, mmap_mode="r+")
-    shard[chunk.first_row:chunk.first_row + len(pixels)] = pixels
-    shard.flush()
-    del shard  # unmapped: the written pages leave this process
+    with open(chunk.shard, "r+b") as shard:
+        os.pwrite(shard.fileno(), pixels.data, chunk.offset)
     return len(pixels)
 
 
-def _create_shards(split_dir: Path, images: int, shard_images: int, size: int) -> list[int]:
+def _create_shards(split_dir: Path, images: int, shard_images: int, size: int) -> list[tuple[int, int]]:
     """Create a split's shard files (`images-NNNNN.npy`), empty at full size with their
-    header written, for the workers to fill; returns their image counts."""
-    counts = [min(shard_images, images - start) for start in range(0, images, shard_images)]
-    for index, count in enumerate(counts):
+    header written, for the workers to fill; returns (images, data offset) for each."""
+    shards = []
+    for index, start in enumerate(range(0, images, shard_images)):
+        count = min(shard_images, images - start)
         empty = np.lib.format.open_memmap(split_dir / SHARD_NAME.format(index), mode="w+", dtype=np.uint8,
                                           shape=(count, size, size, 3))
+        shards.append((count, empty.offset))
         del empty  # the file now has its header and full size (sparse)
-    return counts
+    return shards
 
 
-def _chunks(split_dir: Path, image_ids: list[str], image_dir: str, counts: list[int], crop: int,
+def _chunks(split_dir: Path, image_ids: list[str], image_dir: str, shards: list[tuple[int, int]], crop: int,
             size: int) -> Iterator[Chunk]:
     """The chunks that fill a split's shards, made as they are needed (paths for 200,000
     images would be tens of megabytes); a chunk never straddles two shards."""
     shard_start = 0
-    for index, count in enumerate(counts):
+    for index, (count, data_offset) in enumerate(shards):
         shard = str(split_dir / SHARD_NAME.format(index))
         for first in range(0, count, CHUNK):
             ids = image_ids[shard_start + first:shard_start + min(first + CHUNK, count)]
-            yield Chunk([os.path.join(image_dir, image_id) for image_id in ids], crop, size, shard, first)
+            paths = [os.path.join(image_dir, image_id) for image_id in ids]
+            yield Chunk(paths, crop, size, shard, data_offset + first * size * size * 3)
         shard_start += count
 
 
@@ -184,14 +185,15 @@ def prepare(params: Params, raw_dir: str | Path, validation_dir: str | Path, out
             chunk_streams.append(
                 _chunks(split_dir, subset.image_ids, str(raw_dir / IMAGE_DIR), shards[split], crop, size)
             )
-        total = sum(-(-count // CHUNK) for counts in shards.values() for count in counts)
+        total = sum(-(-count // CHUNK) for split_shards in shards.values() for count, _ in split_shards)
         # one stream over all splits: the workers never wait between them
         done = bounded_map(pool, _load_chunk, itertools.chain(*chunk_streams), window=2 * workers)
         for _ in progress(done, total=total, desc="prepare"):
             pass
         meta = {
             "attribute_names": attributes.names, "image_size": size, "crop": crop,
-            "splits": {split: len(subset.image_ids) for split, subset in subsets.items()}, "shards": shards,
+            "splits": {split: len(subset.image_ids) for split, subset in subsets.items()},
+            "shards": {split: [count for count, _ in split_shards] for split, split_shards in shards.items()},
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta

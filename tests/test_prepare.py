@@ -117,7 +117,7 @@ def test_a_crop_larger_than_the_image_falls_back_to_the_largest_square(tmp_path)
 def test_an_unreadable_image_is_named(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CvaeError, match="broken.jpg: cannot read image"):
-        _load_chunk(Chunk([str(tmp_path / "broken.jpg")], 148, 32, shard=str(tmp_path / "unused.npy"), first_row=0))
+        _load_chunk(Chunk([str(tmp_path / "broken.jpg")], 148, 32, shard=str(tmp_path / "unused.npy"), offset=0))
 
 
 def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, tiny_params):
