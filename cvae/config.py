@@ -59,6 +59,7 @@ class TrainParams(_Section):
     beta: float = Field(1.0, ge=0.0)
     decoder_std: float = Field(0.1, gt=0.0)
     shuffle_buffer: int = Field(8192, ge=1)
+    clip_norm: float = Field(1.0, gt=0.0)
 
 
 class EvaluateParams(_Section):

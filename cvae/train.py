@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from pathlib import Path
 
 from cvae.atomic import replace_directory, replace_file
 from cvae.config import Params
 from cvae.dataset import load_split, tf_dataset
+from cvae.errors import CvaeError
 
 HISTORY_FILE = "history.csv"
 
@@ -39,14 +41,21 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
         decoder_std=p.decoder_std,
         seed=params.seed,
     )
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate, global_clipnorm=p.clip_norm))
     history = model.fit(
         tf_dataset(train_split, p.batch_size, shuffle=True, seed=params.seed, shuffle_buffer=p.shuffle_buffer),
         validation_data=tf_dataset(val_split, p.batch_size, shuffle=False, seed=params.seed) if len(val_split) else None,
         epochs=p.epochs,
         shuffle=False,  # tf_dataset shuffles; fit cannot shuffle a tf.data pipeline
         verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
+        callbacks=[keras.callbacks.TerminateOnNaN()],
     ).history
+    if not all(math.isfinite(value) for value in history["loss"]):
+        # never save a model that later stages would turn into NaN metrics and blank figures
+        raise CvaeError(
+            f"train: the loss became {history['loss'][-1]} in epoch {len(history['loss'])}; nothing was saved."
+            " Lower train.learning_rate or train.clip_norm, or raise train.decoder_std"
+        )
 
     with replace_file(model_path) as staging:
         model.save(staging)

@@ -130,3 +130,12 @@ def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, t
     with pytest.raises(CvaeError, match="failed validation"):
         prepare(tiny_params, raw, tmp_path / "validation", tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()
+
+
+def test_a_diverging_training_saves_no_model(prepared, tmp_path):
+    from cvae.train import train
+
+    params = params_from_dict(tiny_params_dict(train={"learning_rate": 1e8, "clip_norm": 1e30}))
+    with pytest.raises(CvaeError, match="loss became nan .* nothing was saved"):
+        train(params, prepared, tmp_path / "cvae.keras", tmp_path / "train")
+    assert not (tmp_path / "cvae.keras").exists() and not (tmp_path / "train").exists()
