@@ -118,8 +118,9 @@ def _load_chunk(chunk: Chunk) -> int:
             pixels[row] = load_square(path, chunk.crop, chunk.size, reduction)
         except (OSError, ValueError, cv2.error) as exc:  # name the file: validation should have caught it
             raise CvaeError(f"{path}: cannot read image: {exc}") from None
-    with open(chunk.shard, "r+b") as shard:
-        os.pwrite(shard.fileno(), pixels.data, chunk.offset)
+    with open(chunk.shard, "r+b") as shard:  # a buffered write: all bytes or an error, never a short write
+        shard.seek(chunk.offset)
+        shard.write(pixels.data)
     return len(pixels)
 
 
