@@ -52,6 +52,14 @@ def _train(params: Params, args: argparse.Namespace) -> None:
     print(f"train: saved {args.model}; last epoch " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
 
 
+def _train_classifier(params: Params, args: argparse.Namespace) -> None:
+    from cvae.classifier import train_classifier
+
+    report = train_classifier(params, args.prepared, args.model, args.report)
+    print(f"train-classifier: saved {args.model}; held-out mean accuracy {report['mean_accuracy']:.3f}"
+          f" (per attribute: {args.report})")
+
+
 def _evaluate(params: Params, args: argparse.Namespace) -> None:
     from cvae.evaluate import evaluate
 
@@ -82,10 +90,17 @@ STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
         ("--prepared", "data/prepared", "prepared dataset directory"),
         ("--model", "models/cvae.keras", "where the model is saved"),
         ("--history", "reports/train", "where the per-epoch history goes"),
+        ("--checkpoints", "models/checkpoints", "per-epoch checkpoints; a killed run resumes from here"),
+    ]),
+    "train-classifier": ("train the attribute classifier that judges generated faces", _train_classifier, [
+        ("--prepared", "data/prepared", "prepared dataset directory"),
+        ("--model", "models/classifier.keras", "where the classifier is saved"),
+        ("--report", "reports/classifier.json", "where its held-out accuracy per attribute goes"),
     ]),
     "evaluate": ("score the model on the held-out split", _evaluate, [
         ("--prepared", "data/prepared", "prepared dataset directory"),
         ("--model", "models/cvae.keras", "the trained model"),
+        ("--classifier", "models/classifier.keras", "the attribute classifier"),
         ("--metrics", "reports/metrics.json", "where the metrics go"),
     ]),
     "visualize": ("draw reconstructions, samples, the sweep and the latent map", _visualize, [

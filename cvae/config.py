@@ -60,10 +60,27 @@ class TrainParams(_Section):
     decoder_std: float = Field(0.1, gt=0.0)
     shuffle_buffer: int = Field(8192, ge=1)
     clip_norm: float = Field(1.0, gt=0.0)
+    kl_warmup_epochs: float = Field(2.0, ge=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_min_fraction: float = Field(0.02, ge=0.0, le=1.0)
+    early_stopping_patience: int = Field(3, ge=0)
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+
+
+class ClassifierParams(_Section):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    filters: list[int] = Field([32, 64, 128], min_length=1)
 
 
 class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1)
+    # attributes scored for fidelity; empty: every attribute
+    fidelity_attributes: list[str] = []
+    fidelity_samples: int = Field(256, ge=1)
+    edit_attributes: list[str] = ["Smiling", "Eyeglasses", "Male"]
+    edit_images: int = Field(256, ge=1)
 
 
 class VisualizeParams(_Section):
@@ -80,6 +97,7 @@ class Params(_Section):
     # `validate` in params.yaml; renamed here because BaseModel has a `validate` method
     validation: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
+    classifier: ClassifierParams = ClassifierParams()
     evaluate: EvaluateParams = EvaluateParams()
     visualize: VisualizeParams = VisualizeParams()
 

@@ -1,8 +1,6 @@
 """The conditional VAE (Keras 3, TensorFlow backend), in the shape of keras.io's vae.py.
 
-Encoder q(z | x, c) and decoder p(x | z, c). The condition c (attributes as -1/+1) modulates
-every stage of both networks (FiLM): a decoder that sees c only at its input learns to
-ignore it for small details, because the encoder can put them into z.
+Encoder q(z | x, c) and decoder p(x | z, c) (their layers are in `cvae.networks`).
 The encoder outputs the log-variance; sampling and the KL term both read it so.
 """
 
@@ -14,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-PACKAGE = "cvae"
+from cvae.networks import PACKAGE, build_decoder, build_encoder
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -36,76 +34,22 @@ class Sampling(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class FiLM(layers.Layer):
-    """Feature-wise linear modulation by the condition: x * (1 + gamma(c)) + beta(c).
-
-    As expressive as concatenating c tiled over the feature map (a conv of a constant map
-    is a per-channel bias) plus a per-channel gain, at the cost of one small Dense."""
-
-    def __init__(self, channels: int, **kwargs):
-        super().__init__(**kwargs)
-        self.channels = channels
-        self.projection = layers.Dense(2 * channels)
-
-    def build(self, features_shape, condition_shape):
-        self.projection.build(condition_shape)
-
-    def call(self, features, condition):
-        gamma, beta = ops.split(self.projection(condition), 2, axis=-1)
-        return features * (1.0 + gamma[:, None, None, :]) + beta[:, None, None, :]
-
-    def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
-
-
-def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
-    images = keras.Input((image_size, image_size, 3), name="images")
-    condition = keras.Input((n_attributes,), name="attributes")
-    x = images
-    for width in filters:
-        x = layers.Conv2D(width, 4, strides=2, padding="same")(x)
-        x = FiLM(width)(x, condition)
-        x = layers.LeakyReLU(0.2)(x)
-    x = layers.Flatten()(x)
-    x = layers.Concatenate()([x, condition])
-    x = layers.Dense(256)(x)
-    x = layers.LeakyReLU(0.2)(x)
-    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
-    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
-    return keras.Model([images, condition], [z_mean, z_log_var], name="encoder")
-
-
-def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
-    """Mirror of the encoder: each block doubles the side and halves the channels, and
-    every block is modulated by the condition."""
-    z = keras.Input((latent_dim,), name="z")
-    condition = keras.Input((n_attributes,), name="attributes")
-    side = image_size // 2 ** len(filters)
-    x = layers.Concatenate()([z, condition])
-    x = layers.Dense(side * side * filters[-1])(x)
-    x = layers.Reshape((side, side, filters[-1]))(x)
-    x = FiLM(filters[-1])(x, condition)
-    x = layers.LeakyReLU(0.2)(x)
-    for width in reversed(filters[:-1]):
-        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(x)
-        x = FiLM(width)(x, condition)
-        x = layers.LeakyReLU(0.2)(x)
-    # sigmoid: the data lie in [0, 1], and so must the mean of the likelihood
-    images = layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="sigmoid", dtype="float32",
-                                    name="images")(x)
-    return keras.Model([z, condition], images, name="decoder")
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
 class CVAE(keras.Model):
     """Trains on the negative ELBO with a Gaussian likelihood of fixed std on [0, 1] pixels
     and a beta-weighted KL; tracks per-pixel MSE and per-image KL on their own."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
-                 decoder_std: float = 0.1, seed: int | None = None, **kwargs):
+                 decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
+                 attribute_table_rows: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
+        # The model travels without its dataset: it carries the attribute names and a sample
+        # of training attribute rows, from which `cvae generate` draws the attributes a user
+        # did not set (joint prevalence, so no bald face with blond hair).
+        self.attribute_names = list(attribute_names or [f"attribute_{i}" for i in range(self.n_attributes)])
+        self.attribute_table = self.add_weight(shape=(attribute_table_rows, self.n_attributes),
+                                               initializer="zeros", trainable=False, name="attribute_table")
         self.beta = beta
         self.decoder_std = decoder_std
         self.seed = seed
@@ -180,6 +124,8 @@ class CVAE(keras.Model):
             "beta": self.beta,
             "decoder_std": self.decoder_std,
             "seed": self.seed,
+            "attribute_names": self.attribute_names,
+            "attribute_table_rows": self.attribute_table.shape[0],
         }
 
     @classmethod

@@ -23,6 +23,17 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cvae generate`
+
+
+def attribute_sample(attributes, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    count = min(len(attributes), ATTRIBUTE_TABLE_ROWS)
+    return np.asarray(attributes[np.sort(rng.choice(len(attributes), count, replace=False))], dtype=np.float32)
+
+
 def train(params: Params, prepared_dir: str | Path, model_path: str | Path, history_dir: str | Path) -> dict:
     import keras
 
@@ -40,6 +51,8 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
         beta=p.beta,
         decoder_std=p.decoder_std,
         seed=params.seed,
+        attribute_names=train_split.attribute_names,
+        attribute_rows=attribute_sample(train_split.attributes, params.seed),
     )
     model.compile(optimizer=keras.optimizers.Adam(p.learning_rate, global_clipnorm=p.clip_norm))
     history = model.fit(

@@ -49,8 +49,12 @@ STAGE_ASSETS = {
                           "split (data/prepared)."),
     "train": StageAsset("cvae_model", "model", "The trained conditional VAE (models/cvae.keras) and its "
                         "per-epoch history (reports/train)."),
-    "evaluate": StageAsset("evaluation_metrics", "model", "Held-out reconstruction MSE, KL and ELBO "
-                           "(reports/metrics.json)."),
+    "train_classifier": StageAsset("attribute_classifier", "model", "The attribute classifier that judges "
+                                   "generated and edited faces (models/classifier.keras), with its held-out "
+                                   "accuracy per attribute (reports/classifier.json)."),
+    "evaluate": StageAsset("evaluation_metrics", "model", "Held-out ELBO (nats per image, bits per dim), "
+                           "reconstruction MSE against the mean-image baseline, attribute fidelity of "
+                           "generated faces and edit success (reports/metrics.json)."),
     "visualize": StageAsset("figures", "model", "Reconstructions, random conditional samples, the Male x Smiling "
                             "sweep and the latent map (reports/figures)."),
 }
@@ -96,6 +100,18 @@ def _model_metadata(root: Path) -> dict:
     }
 
 
+def _classifier_metadata(root: Path) -> dict:
+    report = json.loads((root / "reports/classifier.json").read_text())
+    return {
+        "mean_accuracy": dg.MetadataValue.float(report["mean_accuracy"]),
+        **{f"accuracy/{name}": dg.MetadataValue.float(scores["accuracy"])
+           for name, scores in report["attributes"].items()},
+        **{f"balanced_accuracy/{name}": dg.MetadataValue.float(scores["balanced_accuracy"])
+           for name, scores in report["attributes"].items()},
+        "classifier_path": dg.MetadataValue.path(str(root / "models/classifier.keras")),
+    }
+
+
 def _metrics_metadata(root: Path) -> dict:
     metrics = json.loads((root / "reports/metrics.json").read_text())
     return {name: dg.MetadataValue.float(float(value)) for name, value in metrics.items()}
@@ -124,6 +140,7 @@ DESCRIBE: dict[str, Callable[[Path], dict]] = {
     "validate": _validation_metadata,
     "prepare": _prepared_metadata,
     "train": _model_metadata,
+    "train_classifier": _classifier_metadata,
     "evaluate": _metrics_metadata,
     "visualize": _figures_metadata,
 }

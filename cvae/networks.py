@@ -1,0 +1,75 @@
+"""The encoder and decoder networks of the CVAE.
+
+The condition c (attributes as -1/+1) modulates every stage of both networks (FiLM): a
+decoder that sees c only at its input learns to ignore it for small details, because
+the encoder can put them into z.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "cvae"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FiLM(layers.Layer):
+    """Feature-wise linear modulation by the condition: x * (1 + gamma(c)) + beta(c).
+
+    As expressive as concatenating c tiled over the feature map (a conv of a constant map
+    is a per-channel bias) plus a per-channel gain, at the cost of one small Dense."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.projection = layers.Dense(2 * channels)
+
+    def build(self, features_shape, condition_shape):
+        self.projection.build(condition_shape)
+
+    def call(self, features, condition):
+        gamma, beta = ops.split(self.projection(condition), 2, axis=-1)
+        return features * (1.0 + gamma[:, None, None, :]) + beta[:, None, None, :]
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
+    images = keras.Input((image_size, image_size, 3), name="images")
+    condition = keras.Input((n_attributes,), name="attributes")
+    x = images
+    for width in filters:
+        x = layers.Conv2D(width, 4, strides=2, padding="same")(x)
+        x = FiLM(width)(x, condition)
+        x = layers.LeakyReLU(0.2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Concatenate()([x, condition])
+    x = layers.Dense(256)(x)
+    x = layers.LeakyReLU(0.2)(x)
+    # float32 even under mixed precision: the KL term and sampling read them
+    z_mean = layers.Dense(latent_dim, dtype="float32", name="z_mean")(x)
+    z_log_var = layers.Dense(latent_dim, dtype="float32", name="z_log_var")(x)
+    return keras.Model([images, condition], [z_mean, z_log_var], name="encoder")
+
+
+def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
+    """Mirror of the encoder: each block doubles the side and halves the channels, and
+    every block is modulated by the condition."""
+    z = keras.Input((latent_dim,), name="z")
+    condition = keras.Input((n_attributes,), name="attributes")
+    side = image_size // 2 ** len(filters)
+    x = layers.Concatenate()([z, condition])
+    x = layers.Dense(side * side * filters[-1])(x)
+    x = layers.Reshape((side, side, filters[-1]))(x)
+    x = FiLM(filters[-1])(x, condition)
+    x = layers.LeakyReLU(0.2)(x)
+    for width in reversed(filters[:-1]):
+        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(x)
+        x = FiLM(width)(x, condition)
+        x = layers.LeakyReLU(0.2)(x)
+    # sigmoid: the data lie in [0, 1], and so must the mean of the likelihood
+    images = layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="sigmoid", dtype="float32",
+                                    name="images")(x)
+    return keras.Model([z, condition], images, name="decoder")
