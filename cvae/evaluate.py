@@ -1,4 +1,5 @@
-"""The `evaluate` stage: held-out reconstruction error, KL and ELBO into metrics.json."""
+"""The `evaluate` stage: held-out ELBO, reconstruction error against the mean-image
+baseline, attribute fidelity and edit success, into metrics.json (DVC metrics)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 from cvae.atomic import replace_file
 from cvae.config import Params
 from cvae.dataset import load_split, tf_dataset, to_unit_range
+from cvae.errors import CvaeError
+from cvae.quality import attribute_fidelity, check_attributes, check_judge, edit_success
 
 
 def mean_image(split) -> np.ndarray:
@@ -21,11 +24,20 @@ def mean_image(split) -> np.ndarray:
     return (total / max(len(split), 1)).astype(np.float32)
 
 
-def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, metrics_path: str | Path) -> dict:
+def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, classifier_path: str | Path,
+             metrics_path: str | Path) -> dict:
+    from cvae.classifier import load_classifier
     from cvae.model import load_cvae
 
     model = load_cvae(model_path)
+    classifier = load_classifier(classifier_path)
+    check_judge(model, classifier)
     test = load_split(prepared_dir, "test")
+    if len(test) == 0:
+        raise CvaeError(f"{prepared_dir}: the test split is empty; nothing to evaluate")
+    e = params.evaluate
+    judged = check_attributes(e.fidelity_attributes, test.attribute_names, "evaluate.fidelity_attributes")
+    edited = check_attributes(e.edit_attributes, test.attribute_names, "evaluate.edit_attributes")
     baseline = mean_image(load_split(prepared_dir, "train"))
     sums = {"nll": 0.0, "kl": 0.0, "mse_sampled": 0.0, "mse": 0.0, "mean_image_mse": 0.0}
     for images, condition in tf_dataset(test, params.evaluate.batch_size, shuffle=False, seed=params.seed):
@@ -54,6 +66,16 @@ def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, m
         "bits_per_dim": (neg_elbo + dims * math.log(256)) / (dims * math.log(2)),
     }
     metrics = {key: value if isinstance(value, int) else round(float(value), 6) for key, value in metrics.items()}
+    metrics["mse_vs_mean_image"] = round(metrics["mean_image_mse"] / max(metrics["mse"], 1e-12), 3)
+    fidelity = attribute_fidelity(model, classifier, test, judged, e.fidelity_samples, params.seed, e.batch_size)
+    metrics["fidelity"] = {"mean": _round(np.mean(list(fidelity.values()))),
+                           **{name: _round(value) for name, value in fidelity.items()}}
+    edits = edit_success(model, classifier, test, edited, judged, e.edit_images, params.seed, e.batch_size)
+    metrics["edit"] = {name: {key: _round(value) for key, value in result.items()} for name, result in edits.items()}
     with replace_file(metrics_path) as staging:
         staging.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)

@@ -1,0 +1,110 @@
+"""Attribute fidelity and edit success, measured against networks whose behaviour is known
+exactly: a decoder that draws attribute 0 as the image's brightness and ignores the others,
+and a classifier that reads brightness for attribute 0 and always answers +1 / -1 for
+attributes 1 and 2."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from cvae.classifier import AttributeClassifier, predict_attributes
+from cvae.dataset import PreparedSplit, ShardedImages
+from cvae.errors import CvaeError
+from cvae.model import CVAE
+from cvae.quality import attribute_fidelity, check_attributes, check_judge, edit_success
+
+SIZE, LATENT = 8, 2
+NAMES = ["Bright", "Always", "Never"]
+
+
+def fixed_dense(units: int, kernel: np.ndarray, bias: np.ndarray, activation=None) -> keras.layers.Dense:
+    layer = keras.layers.Dense(units, activation=activation)
+    layer.build((None, kernel.shape[0]))
+    layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return layer
+
+
+def brightness_cvae(uses_condition: bool = True) -> CVAE:
+    images = keras.Input((SIZE, SIZE, 3))
+    condition = keras.Input((len(NAMES),))
+    flat = keras.layers.Flatten()(images)
+    zeros = fixed_dense(LATENT, np.zeros((SIZE * SIZE * 3, LATENT)), np.zeros(LATENT))(flat)
+    encoder = keras.Model([images, condition], [zeros, zeros])
+
+    z = keras.Input((LATENT,))
+    kernel = np.zeros((len(NAMES), SIZE * SIZE * 3))
+    kernel[0] = 6.0 if uses_condition else 0.0  # every pixel = sigmoid(6 * attribute 0)
+    pixels = fixed_dense(SIZE * SIZE * 3, kernel, np.zeros(SIZE * SIZE * 3), "sigmoid")(condition)
+    decoder = keras.Model([z, condition], keras.layers.Reshape((SIZE, SIZE, 3))(pixels))
+    return CVAE(encoder, decoder, attribute_names=NAMES)
+
+
+def judge() -> AttributeClassifier:
+    images = keras.Input((SIZE, SIZE, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(images)
+    kernel = np.zeros((3, len(NAMES)))
+    kernel[:, 0] = 10.0 / 3  # logit = 10 * (brightness - 0.5)
+    logits = fixed_dense(len(NAMES), kernel, np.array([-5.0, 1.0, -1.0]))(mean)
+    return AttributeClassifier(keras.Model(images, logits), NAMES)
+
+
+@pytest.fixture
+def held_out(tmp_path) -> PreparedSplit:
+    rng = np.random.default_rng(0)
+    n = 40
+    np.save(tmp_path / "shard.npy", rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
+    attributes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, len(NAMES)))
+    return PreparedSplit(ShardedImages([tmp_path / "shard.npy"], [n], SIZE), attributes,
+                         [f"{i}.jpg" for i in range(n)], NAMES)
+
+
+def test_the_judge_sees_what_the_decoder_draws():
+    model = brightness_cvae()
+    for value in (1.0, -1.0):
+        condition = np.array([[value, 1.0, 1.0]], np.float32)
+        image = np.asarray(model.decoder([np.zeros((1, LATENT), np.float32), condition]))
+        assert predict_attributes(judge(), image)[0].tolist() == [value, 1, -1]
+
+
+def test_fidelity_is_one_for_a_drawn_attribute_and_chance_for_an_ignored_one(held_out):
+    fidelity = attribute_fidelity(brightness_cvae(), judge(), held_out, NAMES, samples=16, seed=0, batch_size=8)
+    # attribute 0 is drawn; the judge says +1 to "Always" and -1 to "Never" whatever it sees,
+    # so each is right for one of the two values: balanced, that is chance
+    assert fidelity == {"Bright": 1.0, "Always": 0.5, "Never": 0.5}
+
+
+def test_fidelity_of_a_decoder_that_ignores_the_condition_is_chance(held_out):
+    fidelity = attribute_fidelity(brightness_cvae(uses_condition=False), judge(), held_out, ["Bright"],
+                                  samples=16, seed=0, batch_size=8)
+    assert fidelity == {"Bright": 0.5}
+
+
+def test_fidelity_sets_a_value_no_held_out_face_has(held_out):
+    never_bright = PreparedSplit(held_out.images, np.where(np.arange(3) == 0, -1, held_out.attributes).astype(np.int8),
+                                 held_out.image_ids, NAMES)
+    fidelity = attribute_fidelity(brightness_cvae(), judge(), never_bright, ["Bright"], samples=16, seed=0,
+                                  batch_size=8)
+    assert fidelity == {"Bright": 1.0}
+
+
+def test_edit_success_sees_the_flip_and_keeps_the_rest(held_out):
+    result = edit_success(brightness_cvae(), judge(), held_out, ["Bright", "Always"], NAMES, count=20, seed=0,
+                          batch_size=8)
+    assert result["Bright"]["success"] == 1.0
+    assert result["Bright"]["others_kept"] == 1.0
+    assert result["Bright"]["pixel_mse"] > 0.9  # from ~0 to ~1 or back, every pixel
+    # the decoder ignores "Always": nothing moves, and the judge's +1 is right only for
+    # the faces whose flipped value is +1
+    flipped_to_plus = float((held_out.attributes[np.sort(np.random.default_rng(0).choice(40, 20, replace=False)), 1]
+                             == -1).mean())
+    assert result["Always"] == {"success": pytest.approx(flipped_to_plus), "others_kept": 1.0, "pixel_mse": 0.0}
+
+
+def test_unknown_attributes_and_a_mismatched_judge_are_clear_errors():
+    with pytest.raises(CvaeError, match=r"evaluate.edit_attributes: \['Smilng'\] not among"):
+        check_attributes(["Smilng"], NAMES, "evaluate.edit_attributes")
+    assert check_attributes([], NAMES, "key") == NAMES  # empty: every attribute
+    other = AttributeClassifier(judge().network, ["A", "B", "C"])
+    with pytest.raises(CvaeError, match="different attributes"):
+        check_judge(brightness_cvae(), other)
