@@ -1,12 +1,14 @@
-"""`cvae <stage>`: the pipeline's stages on the command line (what dvc.yaml runs).
+"""`cvae <command>`: the pipeline's stages (what dvc.yaml runs) and faces from a trained model.
 
 Every stage takes `--params FILE` and repeated `--set section.key=value`; its input and
-output paths default to the ones dvc.yaml declares.
+output paths default to the ones dvc.yaml declares. `generate` and `edit` use the trained
+model; their logic lives in `cvae.faces`, and this module only wires up their options.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -48,7 +50,7 @@ def _prepare(params: Params, args: argparse.Namespace) -> None:
 def _train(params: Params, args: argparse.Namespace) -> None:
     from cvae.train import train
 
-    final = train(params, args.prepared, args.model, args.history)
+    final = train(params, args.prepared, args.model, args.history, checkpoint_dir=args.checkpoints)
     print(f"train: saved {args.model}; last epoch " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
 
 
@@ -63,7 +65,7 @@ def _train_classifier(params: Params, args: argparse.Namespace) -> None:
 def _evaluate(params: Params, args: argparse.Namespace) -> None:
     from cvae.evaluate import evaluate
 
-    metrics = evaluate(params, args.prepared, args.model, args.metrics)
+    metrics = evaluate(params, args.prepared, args.model, args.classifier, args.metrics)
     print(f"evaluate: {metrics} -> {args.metrics}")
 
 
@@ -111,24 +113,128 @@ STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
 }
 
 
+DEFAULT_PARAMS = Path("params.yaml")
+MODEL = ("--model", "models/cvae.keras", "the trained model")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from cvae.faces import GRID_FILE, generate_faces, parse_settings
+
+    settings = parse_settings(args.attrs, "--attr")
+    faces = generate_faces(settings, args.count, args.seed, args.out, args.model)
+    print(f"generate: wrote {len(faces.paths) - 1} faces and {GRID_FILE} to {args.out}"
+          f" (seed {faces.seed}; {faces.describe_draw()})")
+
+
+def _edit(args: argparse.Namespace) -> None:
+    from cvae.faces import edit_face, parse_settings
+
+    edits = parse_settings(args.edits, "--set")
+    attributes_path = args.classifier if args.attrs_from == "classifier" else args.attr_file
+    face = edit_face(args.image, edits, args.out, _crop(args.params), args.attrs_from, attributes_path,
+                     args.model)
+    changes = ", ".join(f"{name} {face.before[name]:g} -> {face.after[name]:g}" for name in edits)
+    print(f"edit: wrote {face.path} ({changes or 'nothing changed: a reconstruction'})")
+
+
+def _crop(params_path: Path | None) -> int | None:
+    """The params' data.crop, so that a face is framed as the training faces were; None
+    (the largest centred square) when no --params is given and there is no params.yaml."""
+    if params_path is None:
+        if not DEFAULT_PARAMS.is_file():
+            return None
+        params_path = DEFAULT_PARAMS
+    return load_params(params_path).data.crop
+
+
+def _run_stage(stage: Callable, args: argparse.Namespace) -> None:
+    stage(load_params(args.params, args.overrides), args)
+
+
+def _add_path_option(command: argparse.ArgumentParser, option: str, default: str, what: str) -> None:
+    command.add_argument(option, default=default, type=Path, metavar="PATH",
+                         help=f"{what} (default: %(default)s)")
+
+
+def _add_generate(commands) -> None:
+    command = commands.add_parser(
+        "generate", help="draw new faces with the attributes you set",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Draw new faces with the attributes you set.
+
+Attributes you do not set are drawn together from the training attribute rows that the
+model carries (so they come with their real prevalence and co-occurrence), from rows that
+agree with your settings where any do: Bald=1 draws the other attributes of bald faces, so
+no hair colour. Each face-N.png records its attributes, the model and the seed in its PNG
+text chunks; grid.png shows them all. The same seed gives the same files.""",
+        epilog="example: cvae generate --attr Smiling=1 --attr Eyeglasses=1 -n 16 --out faces/")
+    command.add_argument("--attr", dest="attrs", action="append", default=[], metavar="NAME=VALUE",
+                         help="set an attribute; may be repeated. The model was trained on -1 (absent) and 1"
+                              " (present); other numbers extrapolate")
+    command.add_argument("-n", "--count", type=int, default=16, metavar="N",
+                         help="number of faces (default: %(default)s)")
+    command.add_argument("--seed", type=int, metavar="S",
+                         help="seed of the drawn attributes and latent codes (default: a fresh one, printed"
+                              " and recorded in the PNGs)")
+    command.add_argument("--out", type=Path, required=True, metavar="DIR",
+                         help="directory for the PNGs (created if missing; files of the same names are"
+                              " replaced)")
+    _add_path_option(command, *MODEL)
+    command.set_defaults(run=_generate)
+
+
+def _add_edit(commands) -> None:
+    command = commands.add_parser(
+        "edit", help="change attributes of a face in an image",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Change attributes of a face in an image.
+
+The image is cropped as the training faces were (data.crop of the params file) and resized
+to the model's size, encoded under its own attributes (predicted by the classifier, or
+looked up by file name in a CelebA attribute file), and decoded with the attributes you
+--set. The PNG records the source image and the attributes before and after in its text
+chunks.""",
+        epilog="example: cvae edit photo.jpg --set Smiling=1 --out smiling.png")
+    command.add_argument("image", type=Path, metavar="IMAGE", help="the face: a JPEG or PNG")
+    command.add_argument("--set", dest="edits", action="append", default=[], metavar="NAME=VALUE",
+                         help="attribute to change; may be repeated (none: the reconstruction). -1 is absent,"
+                              " 1 present; other numbers extrapolate")
+    command.add_argument("--out", type=Path, required=True, metavar="FILE", help="the PNG to write")
+    command.add_argument("--attrs-from", choices=("classifier", "file"), default="classifier",
+                         help="where the face's own attributes come from (default: %(default)s)")
+    _add_path_option(command, *MODEL)
+    _add_path_option(command, "--classifier", "models/classifier.keras", "the attribute classifier")
+    _add_path_option(command, "--attr-file", "data/raw/list_attr_celeba.txt",
+                     "CelebA-format attribute file, for --attrs-from file; the image is looked up by"
+                     " file name")
+    command.add_argument("--params", type=Path, metavar="PATH",
+                         help=f"params file whose data.crop frames the face (default: {DEFAULT_PARAMS} if"
+                              " present, else the largest centred square)")
+    command.set_defaults(run=_edit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvae", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    for name, (help_text, _, paths) in STAGES.items():
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, stage, paths) in STAGES.items():
         command = commands.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(run=functools.partial(_run_stage, stage))
         command.add_argument("--params", default="params.yaml", type=Path, help="params file (default: %(default)s)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                              help="override one param; may be repeated")
         for option, default, what in paths:
-            command.add_argument(option, default=default, type=Path, help=f"{what} (default: %(default)s)")
+            _add_path_option(command, option, default, what)
+    _add_generate(commands)
+    _add_edit(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = load_params(args.params, args.overrides)
-        STAGES[args.command][1](params, args)
+        args.run(args)
     except CvaeError as error:
         print(f"cvae {args.command}: error: {error}", file=sys.stderr)
         return 1
