@@ -58,7 +58,8 @@ def decode_reduction(path: str | Path, crop: int, size: int) -> int:
         if image.format != "JPEG":
             return 1
         side = min(crop, *image.size)
-    return max(factor for factor in REDUCED_DECODE if side // factor >= size)
+    # an image smaller than `size` is upscaled from a full decode
+    return max((factor for factor in REDUCED_DECODE if side // factor >= size), default=1)
 
 
 def load_square(path: str | Path, crop: int, size: int, reduction: int | None = None) -> np.ndarray:

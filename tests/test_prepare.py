@@ -9,7 +9,7 @@ from cvae.config import params_from_dict
 from cvae.dataset import load_split, tf_dataset, to_unit_range
 from cvae.errors import CvaeError
 from cvae.parallel import bounded_map
-from cvae.prepare import Chunk, _load_chunk, load_square, prepare
+from cvae.prepare import Chunk, _load_chunk, decode_reduction, load_square, prepare
 from cvae.validation import validate
 from tests.conftest import tiny_params_dict
 
@@ -139,3 +139,11 @@ def test_a_diverging_training_saves_no_model(prepared, tmp_path):
     with pytest.raises(CvaeError, match="loss became nan .* nothing was saved"):
         train(params, prepared, tmp_path / "cvae.keras", tmp_path / "train")
     assert not (tmp_path / "cvae.keras").exists() and not (tmp_path / "train").exists()
+
+
+def test_a_jpeg_smaller_than_the_model_size_is_upscaled(tmp_path):
+    path = tmp_path / "small.jpg"
+    Image.new("RGB", (20, 24), (200, 10, 10)).save(path)
+    assert decode_reduction(path, crop=148, size=32) == 1
+    square = load_square(path, crop=148, size=32)
+    assert square.shape == (32, 32, 3) and abs(int(square[16, 16, 0]) - 200) < 8
