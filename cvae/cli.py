@@ -66,7 +66,11 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
     from cvae.evaluate import evaluate
 
     metrics = evaluate(params, args.prepared, args.model, args.classifier, args.metrics)
-    print(f"evaluate: {metrics} -> {args.metrics}")
+    edits = ", ".join(f"{name} {result['success']:.2f}" for name, result in metrics["edit"].items())
+    print(f"evaluate: {metrics['test_images']} held-out faces: MSE {metrics['mse']:.4f} per pixel"
+          f" ({metrics['mse_vs_mean_image']:.1f}x below the mean image), {metrics['neg_elbo_nats']:.1f} nats"
+          f" ({metrics['bits_per_dim']:.3f} bits/dim); fidelity {metrics['fidelity']['mean']:.3f};"
+          f" edit success {edits} -> {args.metrics}")
 
 
 def _visualize(params: Params, args: argparse.Namespace) -> None:

@@ -23,7 +23,10 @@ class FiLM(layers.Layer):
     def __init__(self, channels: int, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
-        self.projection = layers.Dense(2 * channels)
+        # zero at the start: the identity modulation. A random start would scale and shift
+        # every channel by the 40 attributes (most of them invisible noise) before anything
+        # is learned, and training first has to undo it.
+        self.projection = layers.Dense(2 * channels, kernel_initializer="zeros")
 
     def build(self, features_shape, condition_shape):
         self.projection.build(condition_shape)

@@ -103,18 +103,26 @@ def _model_metadata(root: Path) -> dict:
 def _classifier_metadata(root: Path) -> dict:
     report = json.loads((root / "reports/classifier.json").read_text())
     return {
-        "mean_accuracy": dg.MetadataValue.float(report["mean_accuracy"]),
-        **{f"accuracy/{name}": dg.MetadataValue.float(scores["accuracy"])
-           for name, scores in report["attributes"].items()},
-        **{f"balanced_accuracy/{name}": dg.MetadataValue.float(scores["balanced_accuracy"])
-           for name, scores in report["attributes"].items()},
+        **{name: dg.MetadataValue.float(value) for name, value in _flatten(report).items()},
         "classifier_path": dg.MetadataValue.path(str(root / "models/classifier.keras")),
     }
 
 
+def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """{"edit": {"Smiling": {"success": 0.9}}} -> {"edit/Smiling/success": 0.9}"""
+    flat = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}/"))
+        else:
+            flat[f"{prefix}{name}"] = float(value)
+    return flat
+
+
 def _metrics_metadata(root: Path) -> dict:
+    # numeric metadata, one entry per metric, so the UI plots each across materialisations
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    return {name: dg.MetadataValue.float(float(value)) for name, value in metrics.items()}
+    return {name: dg.MetadataValue.float(value) for name, value in _flatten(metrics).items()}
 
 
 def _figures_metadata(root: Path) -> dict:
