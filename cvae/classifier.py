@@ -75,8 +75,13 @@ def predict_attributes(classifier: AttributeClassifier, images: np.ndarray, batc
     return np.where(np.concatenate(logits) > 0, 1, -1).astype(np.int8)
 
 
-def _targets(images, condition):
-    return images, (condition + 1.0) / 2.0  # -1/+1 -> 0/1
+def _mirrored_targets(images, condition):
+    """Half the faces mirrored left to right (no attribute has a side: the labels hold),
+    which doubles what a small training set teaches; targets -1/+1 -> 0/1."""
+    import tensorflow as tf
+
+    mirror = tf.random.uniform((tf.shape(images)[0], 1, 1, 1)) < 0.5
+    return tf.where(mirror, images[:, :, ::-1, :], images), (condition + 1.0) / 2.0
 
 
 def train_classifier(params: Params, prepared_dir: str | Path, model_path: str | Path,
@@ -93,7 +98,7 @@ def train_classifier(params: Params, prepared_dir: str | Path, model_path: str |
     classifier.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
                        loss=keras.losses.BinaryCrossentropy(from_logits=True))
     classifier.fit(
-        tf_dataset(train_split, p.batch_size, shuffle=True, seed=params.seed).map(_targets),
+        tf_dataset(train_split, p.batch_size, shuffle=True, seed=params.seed).map(_mirrored_targets),
         epochs=p.epochs,
         verbose=1 if sys.stdout.isatty() else 2,
     )

@@ -68,7 +68,7 @@ class TrainParams(_Section):
 
 
 class ClassifierParams(_Section):
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     filters: list[int] = Field([32, 64, 128], min_length=1)

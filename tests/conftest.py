@@ -23,7 +23,8 @@ TINY = {
     "seed": 7,
     "data": {"synthetic_images": 96, "image_size": 32},
     "train": {"epochs": 1, "batch_size": 16, "filters": [8, 16], "latent_dim": 4},
-    "evaluate": {"batch_size": 32},
+    "classifier": {"epochs": 1, "batch_size": 16, "filters": [8]},
+    "evaluate": {"batch_size": 32, "fidelity_samples": 8, "edit_images": 8},
     "visualize": {"reconstructions": 4, "samples": 4, "sweep_steps": 3},
 }
 
