@@ -108,3 +108,19 @@ def test_unknown_attributes_and_a_mismatched_judge_are_clear_errors():
     other = AttributeClassifier(judge().network, ["A", "B", "C"])
     with pytest.raises(CvaeError, match="different attributes"):
         check_judge(brightness_cvae(), other)
+
+
+def test_the_judge_is_scored_per_attribute_with_balanced_accuracy(tmp_path):
+    from cvae.classifier import score_classifier
+
+    attributes = np.array([[1, 1, 1]] * 3 + [[-1, 1, -1]] * 7, dtype=np.int8)  # "Always" is right 10/10
+    pixels = np.where(attributes[:, :1, None, None] > 0, 250, 5).repeat(SIZE, 1).repeat(SIZE, 2)
+    np.save(tmp_path / "shard.npy", np.broadcast_to(pixels, (10, SIZE, SIZE, 3)).astype(np.uint8))
+    split = PreparedSplit(ShardedImages([tmp_path / "shard.npy"], [10], SIZE), attributes,
+                          [f"{i}.jpg" for i in range(10)], NAMES)
+    report = score_classifier(judge(), split, batch_size=4)
+    scores = report["attributes"]
+    assert scores["Bright"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 0.3}
+    assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0}
+    # "Never" says -1 to everything: right on 7 of 10, but on none of the +1 faces
+    assert scores["Never"] == {"accuracy": 0.7, "balanced_accuracy": 0.5, "prevalence": 0.3}
