@@ -130,8 +130,12 @@ def tf_dataset(split: PreparedSplit, batch_size: int, shuffle: bool, seed: int, 
                                  deterministic=True)
     if shuffle:
         examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return examples.batch(batch_size).map(_scale_in_graph, num_parallel_calls=tf.data.AUTOTUNE,
-                                          deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = examples.batch(batch_size).map(_scale_in_graph, num_parallel_calls=tf.data.AUTOTUNE,
+                                             deterministic=True)
+    # tf.data cannot count what the interleave yields; Keras, not told, ends each pass
+    # with a warning that the input "ran out of data"
+    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-len(split) // batch_size)))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def _scale_in_graph(pixels, condition):

@@ -2,6 +2,8 @@
 
 Encoder q(z | x, c) and decoder p(x | z, c) (their layers are in `cvae.networks`).
 The encoder outputs the log-variance; sampling and the KL term both read it so.
+The loss is computed in float32 whatever the precision policy: the encoder's outputs,
+the sampling and the decoder's output are float32.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ class Sampling(layers.Layer):
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        # nothing to build: marked built so that Keras, building the model before fit under
+        # a distribution strategy, does not try to call the whole CVAE on a batch
+        self.built = True
 
     def call(self, inputs):
         z_mean, z_log_var = inputs
@@ -40,7 +45,7 @@ class CVAE(keras.Model):
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
                  decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
-                 attribute_table_rows: int = 0, **kwargs):
+                 attribute_table_rows: int = 0, kl_warmup_steps: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
@@ -53,15 +58,18 @@ class CVAE(keras.Model):
         self.beta = beta
         self.decoder_std = decoder_std
         self.seed = seed
-        self.sampling = Sampling(seed=seed)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        # optimizer steps over which the KL weight rises from 0 to beta (0: no warm-up)
+        self.kl_warmup_steps = kl_warmup_steps
+        self.sampling = Sampling(seed=seed, dtype="float32")  # mixed precision would round the noise
+        self.loss_tracker = keras.metrics.Mean(name="loss")  # the training objective (KL weighted)
+        self.neg_elbo_tracker = keras.metrics.Mean(name="neg_elbo")  # nll + kl, unweighted
         self.mse_tracker = keras.metrics.Mean(name="mse")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.built = True  # the encoder and decoder are functional models, built already
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.mse_tracker, self.kl_tracker]
+        return [self.loss_tracker, self.neg_elbo_tracker, self.mse_tracker, self.kl_tracker]
 
     @property
     def n_attributes(self) -> int:
@@ -78,7 +86,7 @@ class CVAE(keras.Model):
 
     def terms(self, images, condition, training=False):
         """Per-image negative log-likelihood (nats), KL (nats) and per-pixel MSE."""
-        images, condition = ops.convert_to_tensor(images), ops.convert_to_tensor(condition)
+        images, condition = ops.cast(images, "float32"), ops.cast(condition, "float32")
         z_mean, z_log_var = self.encoder([images, condition], training=training)
         z = self.sampling([z_mean, z_log_var])
         reconstruction = self.decoder([z, condition], training=training)
@@ -89,19 +97,38 @@ class CVAE(keras.Model):
         kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
         return nll, kl, ops.mean(squared, axis=-1)
 
+    def kl_weight(self):
+        """beta, ramped linearly from 0 over the first `kl_warmup_steps` optimizer steps.
+
+        Read from the optimizer's step counter in the graph, so a resumed run (which
+        restores the optimizer) continues the ramp where it stopped."""
+        if not self.kl_warmup_steps or self.optimizer is None:
+            return ops.convert_to_tensor(self.beta, "float32")
+        progress = ops.cast(self.optimizer.iterations, "float32") / self.kl_warmup_steps
+        return self.beta * ops.minimum(progress, 1.0)
+
     def _update(self, images, condition, training):
         nll, kl, mse = self.terms(images, condition, training=training)
-        loss = ops.mean(nll + self.beta * kl)
-        self.loss_tracker.update_state(loss)
-        self.mse_tracker.update_state(ops.mean(mse))
-        self.kl_tracker.update_state(ops.mean(kl))
-        return loss
+        # trackers take per-image values, so an epoch's metric is a mean over images
+        # (a short last batch counts for what it holds) and replicas' shares add up
+        per_image_loss = nll + self.kl_weight() * kl
+        self.loss_tracker.update_state(per_image_loss)
+        self.neg_elbo_tracker.update_state(nll + kl)
+        self.mse_tracker.update_state(mse)
+        self.kl_tracker.update_state(kl)
+        return ops.mean(per_image_loss)
 
     def train_step(self, data):
         images, condition = data
         with tf.GradientTape() as tape:
             loss = self._update(images, condition, training=True)
-        gradients = tape.gradient(loss, self.trainable_weights)
+            # Each replica sees its share of the batch and the optimizer sums the replicas'
+            # gradients, so each contributes its mean / replicas. scale_loss multiplies by
+            # the loss scale under mixed_float16 (a LossScaleOptimizer, which compile puts in
+            # and whose apply unscales the gradients); otherwise it changes nothing.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+        gradients = tape.gradient(scaled_loss, self.trainable_weights)
         self.optimizer.apply(gradients, self.trainable_weights)
         return {metric.name: metric.result() for metric in self.metrics}
 
@@ -126,6 +153,7 @@ class CVAE(keras.Model):
             "seed": self.seed,
             "attribute_names": self.attribute_names,
             "attribute_table_rows": self.attribute_table.shape[0],
+            "kl_warmup_steps": self.kl_warmup_steps,
         }
 
     @classmethod
@@ -137,14 +165,23 @@ class CVAE(keras.Model):
 
 
 def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
-               beta: float, decoder_std: float, seed: int | None = None) -> CVAE:
+               beta: float, decoder_std: float, seed: int | None = None,
+               attribute_names: list[str] | None = None, attribute_rows=None,
+               kl_warmup_steps: int = 0) -> CVAE:
+    """`attribute_rows`: training attribute rows (-1/+1) to keep with the model."""
+    rows = 0 if attribute_rows is None else len(attribute_rows)
     model = CVAE(
         build_encoder(image_size, n_attributes, filters, latent_dim),
         build_decoder(image_size, n_attributes, filters, latent_dim),
         beta=beta,
         decoder_std=decoder_std,
         seed=seed,
+        attribute_names=attribute_names,
+        attribute_table_rows=rows,
+        kl_warmup_steps=kl_warmup_steps,
     )
+    if rows:
+        model.attribute_table.assign(ops.convert_to_tensor(attribute_rows, "float32"))
     return model
 
 

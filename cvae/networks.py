@@ -26,7 +26,8 @@ class FiLM(layers.Layer):
         # zero at the start: the identity modulation. A random start would scale and shift
         # every channel by the 40 attributes (most of them invisible noise) before anything
         # is learned, and training first has to undo it.
-        self.projection = layers.Dense(2 * channels, kernel_initializer="zeros")
+        # the layer's own policy: a Dense made here would take the global one at load time
+        self.projection = layers.Dense(2 * channels, kernel_initializer="zeros", dtype=self.dtype_policy)
 
     def build(self, features_shape, condition_shape):
         self.projection.build(condition_shape)

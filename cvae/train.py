@@ -1,49 +1,97 @@
-"""The `train` stage: fit the CVAE on the prepared training split."""
+"""The `train` stage: fit the CVAE on the prepared training split.
+
+What makes a run trustworthy: the KL weight warms up, the learning rate follows a
+schedule, training stops early on the held-out negative ELBO and keeps the best epoch,
+every epoch is checkpointed so that a killed run resumes where it stopped, and the same
+params and data give the same numbers on a CPU. On GPUs it trains in mixed precision,
+compiled with XLA, and data-parallel over several (MirroredStrategy).
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
+import shutil
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import keras
+import numpy as np
+import tensorflow as tf
+
 from cvae.atomic import replace_directory, replace_file
-from cvae.config import Params
-from cvae.dataset import load_split, tf_dataset
+from cvae.config import Params, TrainParams
+from cvae.dataset import ATTRIBUTES_FILE, IDS_FILE, META_FILE, PreparedSplit, load_split, tf_dataset
 from cvae.errors import CvaeError
+from cvae.model import CVAE, build_cvae
 
 HISTORY_FILE = "history.csv"
+ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cvae generate`
+MONITOR = "val_neg_elbo"  # what early stopping watches: the held-out negative ELBO
 
 
 def seed_everything(seed: int) -> None:
-    import keras
-    import tensorflow as tf
-
     keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow generators
     tf.config.experimental.enable_op_determinism()
 
 
-ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cvae generate`
-
-
 def attribute_sample(attributes, seed: int):
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     count = min(len(attributes), ATTRIBUTE_TABLE_ROWS)
-    return np.asarray(attributes[np.sort(rng.choice(len(attributes), count, replace=False))], dtype=np.float32)
+    chosen = np.sort(rng.choice(len(attributes), count, replace=False))
+    return np.asarray(attributes[chosen], dtype=np.float32)
 
 
-def train(params: Params, prepared_dir: str | Path, model_path: str | Path, history_dir: str | Path) -> dict:
-    import keras
+def train(params: Params, prepared_dir: str | Path, model_path: str | Path, history_dir: str | Path,
+          checkpoint_dir: str | Path | None = None, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Train, save the model and the per-epoch history; return the last epoch's metrics.
 
-    from cvae.model import build_cvae
-
+    With `checkpoint_dir`, every epoch is checkpointed there, a run with the same params
+    and data resumes from it, and it is removed once the model is saved. `strategy`
+    replaces the default one (MirroredStrategy over several GPUs, else none).
+    """
     seed_everything(params.seed)
     p = params.train
-    train_split = load_split(prepared_dir, "train")
-    val_split = load_split(prepared_dir, "val")
-    model = build_cvae(
+    train_split, val_split = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
+    steps_per_epoch = math.ceil(len(train_split) / p.batch_size)
+    checkpoints = None
+    if checkpoint_dir:
+        checkpoints = CheckpointStore(checkpoint_dir, fingerprint(params, prepared_dir))
+    resumed = checkpoints.latest(p.epochs) if checkpoints else None
+    precision, jit_compile = _resolve_precision(p.precision), bool(_gpus())
+    strategy = strategy or _default_strategy()
+    print(f"train: {strategy.num_replicas_in_sync} replica(s), {precision},"
+          f" XLA {'on' if jit_compile else 'off'}", flush=True)
+    with _precision_policy(precision):
+        with strategy.scope():
+            model = _new_model(params, train_split, steps_per_epoch)
+            # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16
+            model.compile(optimizer=make_optimizer(p, steps_per_epoch), jit_compile=jit_compile)
+            if resumed:
+                resumed.restore(model)
+        history = _fit(model, params, train_split, val_split, steps_per_epoch, checkpoints, resumed)
+    if not all(math.isfinite(value) for value in history["loss"]):
+        # never save a model that later stages would turn into NaN metrics and blank figures
+        raise CvaeError(
+            f"train: the loss became {history['loss'][-1]} in epoch {len(history['loss'])}; nothing was"
+            " saved. Lower train.learning_rate or train.clip_norm, or raise train.decoder_std"
+        )
+    with replace_file(model_path) as staging:
+        _in_float32(model, params, train_split, steps_per_epoch).save(staging)
+    with replace_directory(history_dir) as staging:
+        _write_history(staging / HISTORY_FILE, history)
+    if checkpoints:
+        checkpoints.remove()
+    return {name: values[-1] for name, values in history.items()}
+
+
+def _new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) -> CVAE:
+    p = params.train
+    return build_cvae(
         image_size=train_split.images.shape[1],
         n_attributes=len(train_split.attribute_names),
         filters=p.filters,
@@ -53,28 +101,84 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
         seed=params.seed,
         attribute_names=train_split.attribute_names,
         attribute_rows=attribute_sample(train_split.attributes, params.seed),
+        kl_warmup_steps=round(p.kl_warmup_epochs * steps_per_epoch),
     )
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate, global_clipnorm=p.clip_norm))
-    history = model.fit(
-        tf_dataset(train_split, p.batch_size, shuffle=True, seed=params.seed, shuffle_buffer=p.shuffle_buffer),
-        validation_data=tf_dataset(val_split, p.batch_size, shuffle=False, seed=params.seed) if len(val_split) else None,
-        epochs=p.epochs,
-        shuffle=False,  # tf_dataset shuffles; fit cannot shuffle a tf.data pipeline
-        verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
-        callbacks=[keras.callbacks.TerminateOnNaN()],
-    ).history
-    if not all(math.isfinite(value) for value in history["loss"]):
-        # never save a model that later stages would turn into NaN metrics and blank figures
-        raise CvaeError(
-            f"train: the loss became {history['loss'][-1]} in epoch {len(history['loss'])}; nothing was saved."
-            " Lower train.learning_rate or train.clip_norm, or raise train.decoder_std"
-        )
 
-    with replace_file(model_path) as staging:
-        model.save(staging)
-    with replace_directory(history_dir) as staging:
-        _write_history(staging / HISTORY_FILE, history)
-    return {name: values[-1] for name, values in history.items()}
+
+def _in_float32(model: CVAE, params: Params, train_split: PreparedSplit, steps_per_epoch: int) -> CVAE:
+    """The trained model under the float32 policy (its variables are float32 in any policy).
+
+    Mixed precision speeds up training on a GPU; the saved model computes alike on any
+    device, and the later stages on a CPU do not emulate half-precision arithmetic."""
+    if model.dtype_policy.name == "float32":
+        return model
+    with _precision_policy("float32"):
+        twin = _new_model(params, train_split, steps_per_epoch)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def make_optimizer(p: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    learning_rate = p.learning_rate
+    if p.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            p.learning_rate, decay_steps=p.epochs * steps_per_epoch, alpha=p.lr_min_fraction
+        )
+    return keras.optimizers.Adam(learning_rate, global_clipnorm=p.clip_norm)
+
+
+def _fit(model: CVAE, params: Params, train_split: PreparedSplit, val_split: PreparedSplit,
+         steps_per_epoch: int, checkpoints: CheckpointStore | None,
+         resumed: Checkpoint | None) -> dict[str, list[float]]:
+    """Fit from the resumed epoch (or the first) to the last; the history of every epoch."""
+    p = params.train
+    first_epoch, earlier = (resumed.epoch, resumed.history) if resumed else (0, {})
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    early_stopping = None
+    if p.early_stopping_patience and len(val_split):
+        early_stopping = ResumableEarlyStopping(
+            resumed.early_stopping if resumed else None,
+            monitor=MONITOR,
+            mode="min",
+            verbose=1,  # says when it stops and which epoch it goes back to
+            patience=p.early_stopping_patience,
+            # while the KL weight still rises, the ELBO's course says little
+            start_from_epoch=math.ceil(p.kl_warmup_epochs),
+            restore_best_weights=True,  # the saved model is the best epoch's
+        )
+        callbacks.append(early_stopping)
+    if checkpoints:
+        # after early stopping: it sees whether training stops, and saves the updated progress
+        callbacks.append(SaveCheckpoint(checkpoints, p.epochs, earlier, early_stopping))
+    fitted = model.fit(
+        _training_batches(train_split, p, params.seed, first_epoch),
+        validation_data=tf_dataset(val_split, p.batch_size, shuffle=False, seed=params.seed) if len(val_split)
+        else None,
+        initial_epoch=first_epoch,
+        epochs=p.epochs,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # _training_batches shuffles; fit cannot shuffle a tf.data pipeline
+        verbose=1 if sys.stdout.isatty() else 2,  # a bar in a terminal, a line per epoch in logs
+        callbacks=callbacks,
+    ).history
+    return _joined(earlier, fitted)
+
+
+def _training_batches(split: PreparedSplit, p: TrainParams, seed: int, first_epoch: int):
+    """The batches of epochs first_epoch..p.epochs-1 (0-based) in one stream.
+
+    Epoch e is shuffled with seed + e, so its order is the same whether the run started
+    fresh or resumed."""
+    def epoch_batches(epoch):
+        return tf_dataset(split, p.batch_size, shuffle=True, seed=seed + epoch,
+                          shuffle_buffer=p.shuffle_buffer)
+
+    return tf.data.Dataset.range(first_epoch, p.epochs).flat_map(epoch_batches)
+
+
+def _joined(earlier: dict[str, list[float]], later: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {name: list(earlier.get(name, [])) + [float(value) for value in later.get(name, [])]
+            for name in {*earlier, *later}}
 
 
 def _write_history(path: Path, history: dict[str, list[float]]) -> None:
@@ -84,3 +188,189 @@ def _write_history(path: Path, history: dict[str, list[float]]) -> None:
         writer.writerow(["epoch", *columns])
         for epoch in range(len(history[columns[0]])):
             writer.writerow([epoch + 1, *(f"{history[name][epoch]:.6g}" for name in columns)])
+
+
+# --- devices and precision ---------------------------------------------------------------
+
+def _gpus() -> list:
+    return tf.config.list_logical_devices("GPU")
+
+
+def _resolve_precision(precision: str) -> str:
+    """`auto`: mixed_bfloat16 on GPUs of compute capability 8.0+, mixed_float16 on older
+    GPUs (no fast bfloat16 there), float32 on a CPU."""
+    if precision != "auto":
+        return precision
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "float32"
+    capability = min(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+                     for gpu in gpus)
+    return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+
+
+@contextmanager
+def _precision_policy(name: str):
+    """Keras's dtype policy is global: set it for the models built inside, then put back
+    whatever it was, so that callers (and tests in one process) are not left in it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _default_strategy() -> tf.distribute.Strategy:
+    return tf.distribute.MirroredStrategy() if len(_gpus()) > 1 else tf.distribute.get_strategy()
+
+
+# --- early stopping and checkpoints ------------------------------------------------------
+
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "model.weights.h5"  # the model's and the optimizer's variables
+BEST_WEIGHTS_FILE = "best_weights.npz"  # early stopping's best epoch so far
+EPOCH_DIR = "epoch-{:05d}"  # zero-padded: sorting the names sorts the epochs
+EPOCH_GLOB = "epoch-*"  # not the hidden staging directories
+
+
+@dataclass(frozen=True)
+class EarlyStoppingState:
+    """Early stopping's progress: epochs waited, the best value so far, its epoch and weights."""
+
+    wait: int
+    best: float | None
+    best_epoch: int
+    best_weights: list[np.ndarray] | None
+
+    def write(self, directory: Path) -> dict:
+        """Write the best weights into `directory`; return the rest, for the state file."""
+        if self.best_weights is not None:
+            np.savez(directory / BEST_WEIGHTS_FILE, *self.best_weights)
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch}
+
+    @classmethod
+    def read(cls, directory: Path, saved: dict) -> EarlyStoppingState:
+        best_weights = None
+        if (directory / BEST_WEIGHTS_FILE).exists():
+            with np.load(directory / BEST_WEIGHTS_FILE, allow_pickle=False) as arrays:
+                best_weights = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+        return cls(saved["wait"], saved["best"], saved["best_epoch"], best_weights)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose progress can be saved in a checkpoint and picked up by a
+    resumed run."""
+
+    def __init__(self, resumed: EarlyStoppingState | None, **kwargs):
+        super().__init__(**kwargs)
+        self.resumed = resumed
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # resets the progress
+        if self.resumed:
+            self.wait, self.best = self.resumed.wait, self.resumed.best
+            self.best_epoch, self.best_weights = self.resumed.best_epoch, self.resumed.best_weights
+
+    def state(self) -> EarlyStoppingState:
+        best = None if self.best is None else float(self.best)
+        return EarlyStoppingState(self.wait, best, self.best_epoch, self.best_weights)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state after `epoch` completed epochs: enough to go on as if never stopped."""
+
+    path: Path
+    epoch: int
+    history: dict[str, list[float]]
+    early_stopping: EarlyStoppingState | None
+    sampling_state: list[int]
+
+    def restore(self, model: CVAE) -> None:
+        """Load the model's and the optimizer's variables (the step count included, which
+        places the learning-rate schedule and the KL warm-up) and the sampling noise's
+        generator into a compiled model."""
+        model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
+        model.load_weights(self.path / WEIGHTS_FILE)
+        model.sampling.seed_generator.state.assign(self.sampling_state)
+
+
+def fingerprint(params: Params, prepared_dir: str | Path) -> str:
+    """What a checkpoint must have been made with to be resumed: the train params, the
+    seed and the prepared data (its meta.json, and the training and validation ids and
+    attributes)."""
+    digest = hashlib.sha256(json.dumps({"seed": params.seed, "train": params.train.model_dump()},
+                                       sort_keys=True).encode())
+    prepared_dir = Path(prepared_dir)
+    split_files = [prepared_dir / split / name
+                   for split in ("train", "val") for name in (IDS_FILE, ATTRIBUTES_FILE)]
+    for path in [prepared_dir / META_FILE, *split_files]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class CheckpointStore:
+    """One directory of per-epoch checkpoints, each written into a staging directory and
+    renamed into place, so that a kill mid-write leaves the previous one whole."""
+
+    def __init__(self, directory: str | Path, fingerprint: str):
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+
+    def latest(self, epochs: int) -> Checkpoint | None:
+        paths = sorted(self.directory.glob(EPOCH_GLOB))
+        if not paths:
+            return None
+        path = paths[-1]
+        state = json.loads((path / STATE_FILE).read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"train: ignoring checkpoint {path}: it was made with other train params, seed or"
+                  " prepared data; training starts afresh", flush=True)
+            self.remove()
+            return None
+        print(f"train: resuming from epoch {state['epoch']} of {epochs} (checkpoint {path})", flush=True)
+        saved = state["early_stopping"]
+        early_stopping = EarlyStoppingState.read(path, saved) if saved else None
+        return Checkpoint(path, state["epoch"], state["history"], early_stopping, state["sampling_state"])
+
+    def save(self, model: CVAE, epoch: int, history: dict[str, list[float]],
+             early_stopping: EarlyStoppingState | None) -> None:
+        path = self.directory / EPOCH_DIR.format(epoch)
+        with replace_directory(path) as staging:
+            model.save_weights(staging / WEIGHTS_FILE)
+            state = {
+                "fingerprint": self.fingerprint,
+                "epoch": epoch,
+                "history": history,
+                "early_stopping": early_stopping.write(staging) if early_stopping else None,
+                # save_weights leaves seed generators out: without their state a resumed run
+                # would draw its first epochs' sampling noise again
+                "sampling_state": model.sampling.seed_generator.state.numpy().tolist(),
+            }
+            (staging / STATE_FILE).write_text(json.dumps(state))
+        for older in self.directory.iterdir():  # earlier epochs, and staging left by a kill
+            if older != path:
+                shutil.rmtree(older, ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class SaveCheckpoint(keras.callbacks.Callback):
+    """Checkpoints every epoch after which training goes on. (After the last epoch, or
+    one that stopped training, the run saves its model next: a kill there redoes it.)"""
+
+    def __init__(self, store: CheckpointStore, epochs: int, earlier: dict[str, list[float]],
+                 early_stopping: ResumableEarlyStopping | None):
+        super().__init__()
+        self.store, self.epochs, self.early_stopping = store, epochs, early_stopping
+        self.history = {name: list(values) for name, values in earlier.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        if self.model.stop_training or epoch + 1 >= self.epochs:
+            return
+        self.store.save(self.model, epoch + 1, self.history,
+                        self.early_stopping.state() if self.early_stopping else None)

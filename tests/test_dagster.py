@@ -90,7 +90,12 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     assert figures["samples"].value.count("data:image/png;base64,") == 1
     assert figures["samples_path"].value.endswith("reports/figures/samples.png")
     metrics = by_asset["evaluation_metrics"].metadata
-    assert metrics["mse"].value == json.loads((repo / "reports/metrics.json").read_text())["mse"]
+    written = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["mse"].value == written["mse"]
+    assert metrics["fidelity/mean"].value == written["fidelity"]["mean"]
+    assert metrics["edit/Smiling/success"].value == written["edit"]["Smiling"]["success"]
+    judge = by_asset["attribute_classifier"].metadata
+    assert judge["mean_accuracy"].value == json.loads((repo / "reports/classifier.json").read_text())["mean_accuracy"]
     checks = check_evaluations(result)
     assert {name: check.passed for name, check in checks.items()} == {VALIDATION_CHECK: True, WARNINGS_CHECK: True}
 
