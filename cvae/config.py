@@ -51,16 +51,17 @@ class ValidateParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
     latent_dim: int = Field(32, ge=1)
-    filters: list[int] = Field([32, 64, 128, 256], min_length=1)
-    beta: float = Field(1.0, ge=0.0)
-    decoder_std: float = Field(0.1, gt=0.0)
+    filters: list[int] = Field([16, 32, 64, 128], min_length=1)
+    beta: float = Field(2.0, ge=0.0)
+    decoder_std: float = Field(0.2, gt=0.0)
     shuffle_buffer: int = Field(8192, ge=1)
     clip_norm: float = Field(1.0, gt=0.0)
     kl_warmup_epochs: float = Field(2.0, ge=0.0)
+    xcov_weight: float = Field(100.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_min_fraction: float = Field(0.02, ge=0.0, le=1.0)
     early_stopping_patience: int = Field(3, ge=0)

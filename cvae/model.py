@@ -45,7 +45,8 @@ class CVAE(keras.Model):
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
                  decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
-                 attribute_table_rows: int = 0, kl_warmup_steps: int = 0, **kwargs):
+                 attribute_table_rows: int = 0, kl_warmup_steps: int = 0, xcov_weight: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
@@ -60,16 +61,18 @@ class CVAE(keras.Model):
         self.seed = seed
         # optimizer steps over which the KL weight rises from 0 to beta (0: no warm-up)
         self.kl_warmup_steps = kl_warmup_steps
+        self.xcov_weight = xcov_weight
         self.sampling = Sampling(seed=seed, dtype="float32")  # mixed precision would round the noise
         self.loss_tracker = keras.metrics.Mean(name="loss")  # the training objective (KL weighted)
         self.neg_elbo_tracker = keras.metrics.Mean(name="neg_elbo")  # nll + kl, unweighted
         self.mse_tracker = keras.metrics.Mean(name="mse")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.xcov_tracker = keras.metrics.Mean(name="xcov")
         self.built = True  # the encoder and decoder are functional models, built already
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.neg_elbo_tracker, self.mse_tracker, self.kl_tracker]
+        return [self.loss_tracker, self.neg_elbo_tracker, self.mse_tracker, self.kl_tracker, self.xcov_tracker]
 
     @property
     def n_attributes(self) -> int:
@@ -86,6 +89,9 @@ class CVAE(keras.Model):
 
     def terms(self, images, condition, training=False):
         """Per-image negative log-likelihood (nats), KL (nats) and per-pixel MSE."""
+        return self._terms(images, condition, training)[:3]
+
+    def _terms(self, images, condition, training):
         images, condition = ops.cast(images, "float32"), ops.cast(condition, "float32")
         z_mean, z_log_var = self.encoder([images, condition], training=training)
         z = self.sampling([z_mean, z_log_var])
@@ -95,7 +101,7 @@ class CVAE(keras.Model):
         variance = self.decoder_std**2
         nll = ops.sum(squared, axis=-1) / (2 * variance) + dims * 0.5 * math.log(2 * math.pi * variance)
         kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
-        return nll, kl, ops.mean(squared, axis=-1)
+        return nll, kl, ops.mean(squared, axis=-1), z_mean
 
     def kl_weight(self):
         """beta, ramped linearly from 0 over the first `kl_warmup_steps` optimizer steps.
@@ -108,14 +114,16 @@ class CVAE(keras.Model):
         return self.beta * ops.minimum(progress, 1.0)
 
     def _update(self, images, condition, training):
-        nll, kl, mse = self.terms(images, condition, training=training)
+        nll, kl, mse, z_mean = self._terms(images, condition, training)
+        xcov = cross_correlation(z_mean, ops.cast(condition, "float32"))
         # trackers take per-image values, so an epoch's metric is a mean over images
         # (a short last batch counts for what it holds) and replicas' shares add up
-        per_image_loss = nll + self.kl_weight() * kl
+        per_image_loss = nll + self.kl_weight() * kl + self.xcov_weight * xcov  # the objective
         self.loss_tracker.update_state(per_image_loss)
         self.neg_elbo_tracker.update_state(nll + kl)
         self.mse_tracker.update_state(mse)
         self.kl_tracker.update_state(kl)
+        self.xcov_tracker.update_state(xcov)
         return ops.mean(per_image_loss)
 
     def train_step(self, data):
@@ -154,6 +162,7 @@ class CVAE(keras.Model):
             "attribute_names": self.attribute_names,
             "attribute_table_rows": self.attribute_table.shape[0],
             "kl_warmup_steps": self.kl_warmup_steps,
+            "xcov_weight": self.xcov_weight,
         }
 
     @classmethod
@@ -164,10 +173,24 @@ class CVAE(keras.Model):
         return cls(**config)
 
 
+def cross_correlation(z_mean, condition):
+    """Half the sum of squared correlations between the latent means and the attributes
+    over a batch (XCov, Cheung et al. 2014, on correlations: shrinking z cannot lower it).
+    Zero when z holds no linear trace of c, so the decoder has to take the attributes from
+    c, which is what makes them steerable."""
+    def standardised(x):
+        centred = x - ops.mean(x, axis=0, keepdims=True)
+        return centred / ops.sqrt(ops.mean(ops.square(centred), axis=0, keepdims=True) + 1e-6)
+
+    n = ops.cast(ops.shape(z_mean)[0], "float32")
+    correlation = ops.matmul(ops.transpose(standardised(z_mean)), standardised(condition)) / n
+    return 0.5 * ops.sum(ops.square(correlation))
+
+
 def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
                beta: float, decoder_std: float, seed: int | None = None,
                attribute_names: list[str] | None = None, attribute_rows=None,
-               kl_warmup_steps: int = 0) -> CVAE:
+               kl_warmup_steps: int = 0, xcov_weight: float = 0.0) -> CVAE:
     """`attribute_rows`: training attribute rows (-1/+1) to keep with the model."""
     rows = 0 if attribute_rows is None else len(attribute_rows)
     model = CVAE(
@@ -179,6 +202,7 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
         attribute_names=attribute_names,
         attribute_table_rows=rows,
         kl_warmup_steps=kl_warmup_steps,
+        xcov_weight=xcov_weight,
     )
     if rows:
         model.attribute_table.assign(ops.convert_to_tensor(attribute_rows, "float32"))

@@ -102,6 +102,7 @@ def _new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int)
         attribute_names=train_split.attribute_names,
         attribute_rows=attribute_sample(train_split.attributes, params.seed),
         kl_warmup_steps=round(p.kl_warmup_epochs * steps_per_epoch),
+        xcov_weight=p.xcov_weight,
     )
 
 

@@ -48,7 +48,7 @@ def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_pa
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     images, condition = batch(64)
     history = model.fit(images, condition, batch_size=16, epochs=3, verbose=0, shuffle=False).history
-    assert set(history) == {"loss", "neg_elbo", "mse", "kl"}
+    assert set(history) == {"loss", "neg_elbo", "mse", "kl", "xcov"}
     assert history["loss"][-1] < history["loss"][0]
     path = tmp_path / "m.keras"
     model.save(path)
@@ -63,3 +63,28 @@ def test_loading_something_else_is_refused(tmp_path):
     other.save(tmp_path / "other.keras")
     with pytest.raises(TypeError, match="not a cvae.CVAE"):
         load_cvae(tmp_path / "other.keras")
+
+
+def test_the_correlation_penalty_sees_attributes_copied_into_z():
+    from cvae.model import cross_correlation
+
+    rng = np.random.default_rng(0)
+    condition = rng.choice([-1.0, 1.0], size=(512, 3)).astype(np.float32)
+    independent = rng.standard_normal((512, 4)).astype(np.float32)
+    copied = independent.copy()
+    copied[:, 0] = 0.1 * condition[:, 1]  # a small copy: correlation, unlike covariance, ignores scale
+    assert float(cross_correlation(independent, condition)) < 0.05
+    assert float(cross_correlation(copied, condition)) == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_correlation_penalty_enters_the_training_objective():
+    images, condition = batch(32)
+    losses = {}
+    for weight in (0.0, 1000.0):
+        keras.utils.set_random_seed(0)  # the same initial weights for both
+        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
+                           decoder_std=0.1, seed=0, xcov_weight=weight)
+        model.compile(optimizer=keras.optimizers.Adam(0.0))  # no step: both see the same weights
+        losses[weight] = model.evaluate(images, condition, batch_size=32, verbose=0, return_dict=True)
+    assert losses[0.0]["xcov"] == pytest.approx(losses[1000.0]["xcov"]) and losses[0.0]["xcov"] > 0
+    assert losses[1000.0]["loss"] == pytest.approx(losses[0.0]["loss"] + 1000.0 * losses[0.0]["xcov"], rel=1e-4)
