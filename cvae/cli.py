@@ -76,7 +76,7 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
 def _visualize(params: Params, args: argparse.Namespace) -> None:
     from cvae.figures import visualize
 
-    figures = visualize(params, args.prepared, args.model, args.figures)
+    figures = visualize(params, args.prepared, args.model, args.figures, args.history)
     print(f"visualize: wrote {', '.join(sorted(figures))} to {args.figures}")
 
 
@@ -109,9 +109,11 @@ STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
         ("--classifier", "models/classifier.keras", "the attribute classifier"),
         ("--metrics", "reports/metrics.json", "where the metrics go"),
     ]),
-    "visualize": ("draw reconstructions, samples, the sweep and the latent map", _visualize, [
+    "visualize": ("draw reconstructions, samples, edits, the sweep, the latent map and training curves",
+                  _visualize, [
         ("--prepared", "data/prepared", "prepared dataset directory"),
         ("--model", "models/cvae.keras", "the trained model"),
+        ("--history", "reports/train", "the training history (for the training curves)"),
         ("--figures", "reports/figures", "where the PNGs go"),
     ]),
 }
@@ -219,6 +221,24 @@ chunks.""",
     command.set_defaults(run=_edit)
 
 
+def _provenance(args: argparse.Namespace) -> None:
+    from cvae.provenance import PREFIX, read
+
+    for key, value in read(args.png).items():
+        print(f"{key.removeprefix(PREFIX)}: {value}")
+
+
+def _add_provenance(commands) -> None:
+    command = commands.add_parser(
+        "provenance", help="print where a figure came from",
+        description="Print the provenance a figure of `cvae visualize` records in its PNG text chunks (git"
+                    " commit, params hash, the model and data with their dvc.lock hashes), then any other"
+                    " text chunks.",
+        epilog="example: cvae provenance reports/figures/samples.png")
+    command.add_argument("png", type=Path, metavar="FILE.png", help="a PNG written by cvae visualize")
+    command.set_defaults(run=_provenance)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvae", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -232,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_path_option(command, option, default, what)
     _add_generate(commands)
     _add_edit(commands)
+    _add_provenance(commands)
     return parser
 
 

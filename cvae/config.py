@@ -62,6 +62,9 @@ class TrainParams(_Section):
     clip_norm: float = Field(1.0, gt=0.0)
     kl_warmup_epochs: float = Field(2.0, ge=0.0)
     xcov_weight: float = Field(100.0, ge=0.0)
+    steer_weight: float = Field(0.0, ge=0.0)
+    # attributes the steer term covers; empty: every attribute
+    steer_attributes: list[str] = []
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_min_fraction: float = Field(0.02, ge=0.0, le=1.0)
     early_stopping_patience: int = Field(3, ge=0)
@@ -87,9 +90,19 @@ class EvaluateParams(_Section):
 class VisualizeParams(_Section):
     reconstructions: int = Field(8, ge=1)
     samples: int = Field(16, ge=1)
+    # label -> attribute settings; each row of the conditional figure applies one
+    conditional_rows: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {"plain": {"Smiling": -1, "Eyeglasses": -1}, "Smiling": {"Smiling": 1}},
+        min_length=1)
+    conditional_columns: int = Field(8, ge=1)
     sweep_steps: int = Field(10, ge=2)
     sweep_range: float = Field(1.5, gt=0.0)
-    latent_color_attribute: str = "Smiling"
+    # label -> attribute settings applied to held-out faces in the edits figure
+    edit_rows: dict[str, dict[str, float]] = Field(default_factory=lambda: {"+ Eyeglasses": {"Eyeglasses": 1}},
+                                                   min_length=1)
+    interpolation_pairs: int = Field(4, ge=1)
+    interpolation_steps: int = Field(8, ge=2)
+    latent_color_attributes: list[str] = Field(["Smiling", "Male"], min_length=1)
 
 
 class Params(_Section):

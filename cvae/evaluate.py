@@ -13,7 +13,8 @@ from cvae.atomic import replace_file
 from cvae.config import Params
 from cvae.dataset import load_split, tf_dataset, to_unit_range
 from cvae.errors import CvaeError
-from cvae.quality import attribute_fidelity, check_attributes, check_judge, edit_success
+from cvae.progress import progress
+from cvae.quality import attribute_fidelity, check_attributes, check_judge, edit_success, reconstruction_fidelity
 
 
 def mean_image(split) -> np.ndarray:
@@ -39,8 +40,10 @@ def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, c
     judged = check_attributes(e.fidelity_attributes, test.attribute_names, "evaluate.fidelity_attributes")
     edited = check_attributes(e.edit_attributes, test.attribute_names, "evaluate.edit_attributes")
     baseline = mean_image(load_split(prepared_dir, "train"))
+    n = len(test)
     sums = {"nll": 0.0, "kl": 0.0, "mse_sampled": 0.0, "mse": 0.0, "mean_image_mse": 0.0}
-    for images, condition in tf_dataset(test, params.evaluate.batch_size, shuffle=False, seed=params.seed):
+    batches = tf_dataset(test, params.evaluate.batch_size, shuffle=False, seed=params.seed)
+    for images, condition in progress(batches, math.ceil(n / e.batch_size), "evaluate: held-out ELBO"):
         nll, kl, mse_sampled = (np.asarray(t, dtype=np.float64) for t in model.terms(images, condition))
         reconstruction = np.asarray(model([images, condition]))
         pixels = np.asarray(images)
@@ -49,7 +52,6 @@ def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, c
         sums["mse_sampled"] += mse_sampled.sum()
         sums["mse"] += np.square(pixels - reconstruction).mean(axis=(1, 2, 3)).sum()
         sums["mean_image_mse"] += np.square(pixels - baseline).mean(axis=(1, 2, 3)).sum()
-    n = len(test)
     dims = int(np.prod(test.images.shape[1:]))
     neg_elbo = (sums["nll"] + sums["kl"]) / n
     metrics = {
@@ -70,6 +72,9 @@ def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, c
     fidelity = attribute_fidelity(model, classifier, test, judged, e.fidelity_samples, params.seed, e.batch_size)
     metrics["fidelity"] = {"mean": _round(np.mean(list(fidelity.values()))),
                            **{name: _round(value) for name, value in fidelity.items()}}
+    ceiling = reconstruction_fidelity(model, classifier, test, judged, e.batch_size)
+    metrics["reconstruction_fidelity"] = {"mean": _round(np.mean(list(ceiling.values()))),
+                                          **{name: _round(value) for name, value in ceiling.items()}}
     edits = edit_success(model, classifier, test, edited, judged, e.edit_images, params.seed, e.batch_size)
     metrics["edit"] = {name: {key: _round(value) for key, value in result.items()} for name, result in edits.items()}
     with replace_file(metrics_path) as staging:

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from cvae.networks import PACKAGE, build_decoder, build_encoder
+from cvae.networks import PACKAGE, build_critic, build_decoder, build_encoder
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -46,10 +46,17 @@ class CVAE(keras.Model):
     def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
                  decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
                  attribute_table_rows: int = 0, kl_warmup_steps: int = 0, xcov_weight: float = 0.0,
-                 **kwargs):
+                 critic: keras.Model | None = None, steer_weight: float = 0.0,
+                 steer_mask: list[float] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
+        # optional: the model's own attribute classifier and the weight of the steer term
+        # (nats per image per unit of summed cross-entropy); steer_mask picks the attributes
+        # it covers (1) and leaves out (0), e.g. those no image shows
+        self.critic = critic
+        self.steer_weight = steer_weight
+        self.steer_mask = [float(v) for v in steer_mask] if steer_mask is not None else [1.0] * self.n_attributes
         # The model travels without its dataset: it carries the attribute names and a sample
         # of training attribute rows, from which `cvae generate` draws the attributes a user
         # did not set (joint prevalence, so no bald face with blond hair).
@@ -63,16 +70,25 @@ class CVAE(keras.Model):
         self.kl_warmup_steps = kl_warmup_steps
         self.xcov_weight = xcov_weight
         self.sampling = Sampling(seed=seed, dtype="float32")  # mixed precision would round the noise
+        self.steer_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
         self.loss_tracker = keras.metrics.Mean(name="loss")  # the training objective (KL weighted)
         self.neg_elbo_tracker = keras.metrics.Mean(name="neg_elbo")  # nll + kl, unweighted
         self.mse_tracker = keras.metrics.Mean(name="mse")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.xcov_tracker = keras.metrics.Mean(name="xcov")
+        self.steer_tracker = keras.metrics.Mean(name="steer")  # cross-entropy of edited decodes
+        self.critic_tracker = keras.metrics.Mean(name="critic")  # cross-entropy on real images
         self.built = True  # the encoder and decoder are functional models, built already
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.neg_elbo_tracker, self.mse_tracker, self.kl_tracker, self.xcov_tracker]
+        trackers = [self.loss_tracker, self.neg_elbo_tracker, self.mse_tracker, self.kl_tracker, self.xcov_tracker]
+        return trackers + ([self.steer_tracker, self.critic_tracker] if self.critic is not None else [])
+
+    @property
+    def seed_generators(self) -> list[keras.random.SeedGenerator]:
+        """The random generators whose state a checkpoint keeps (save_weights does not)."""
+        return [self.sampling.seed_generator, self.steer_seed_generator]
 
     @property
     def n_attributes(self) -> int:
@@ -101,7 +117,7 @@ class CVAE(keras.Model):
         variance = self.decoder_std**2
         nll = ops.sum(squared, axis=-1) / (2 * variance) + dims * 0.5 * math.log(2 * math.pi * variance)
         kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
-        return nll, kl, ops.mean(squared, axis=-1), z_mean
+        return nll, kl, ops.mean(squared, axis=-1), z_mean, z
 
     def kl_weight(self):
         """beta, ramped linearly from 0 over the first `kl_warmup_steps` optimizer steps.
@@ -114,30 +130,68 @@ class CVAE(keras.Model):
         return self.beta * ops.minimum(progress, 1.0)
 
     def _update(self, images, condition, training):
-        nll, kl, mse, z_mean = self._terms(images, condition, training)
-        xcov = cross_correlation(z_mean, ops.cast(condition, "float32"))
+        """Update the trackers; return the model's objective and the critic's loss (batch means)."""
+        condition = ops.cast(condition, "float32")
+        nll, kl, mse, z_mean, z = self._terms(images, condition, training)
+        xcov = cross_correlation(z_mean, condition)
         # trackers take per-image values, so an epoch's metric is a mean over images
         # (a short last batch counts for what it holds) and replicas' shares add up
         per_image_loss = nll + self.kl_weight() * kl + self.xcov_weight * xcov  # the objective
+        critic_loss = ops.zeros(())
+        if self.critic is not None:
+            steer, critic_per_image = self._steer_terms(images, condition, z, training)
+            per_image_loss = per_image_loss + self.steer_weight * steer
+            critic_loss = ops.mean(critic_per_image)
+            self.steer_tracker.update_state(steer)
+            self.critic_tracker.update_state(critic_per_image)
         self.loss_tracker.update_state(per_image_loss)
         self.neg_elbo_tracker.update_state(nll + kl)
         self.mse_tracker.update_state(mse)
         self.kl_tracker.update_state(kl)
         self.xcov_tracker.update_state(xcov)
-        return ops.mean(per_image_loss)
+        return ops.mean(per_image_loss), critic_loss
+
+    def _steer_terms(self, images, condition, z, training):
+        """Per image: the critic's cross-entropy on the face decoded with another image's
+        attributes (the batch's rows shuffled: plausible combinations), and on the real face.
+
+        z is held fixed: the steer term teaches the decoder to obey c, not the encoder to
+        code for the edit."""
+        target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
+        edited = self.decoder([ops.stop_gradient(z), target], training=training)
+        mask = ops.convert_to_tensor(self.steer_mask, "float32")
+
+        def cross_entropy(logits, attributes):
+            labels = (attributes + 1.0) / 2.0  # -1/+1 to 0/1
+            per_attribute = ops.binary_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
+            return ops.sum(per_attribute * mask, axis=-1)
+
+        real = ops.cast(images, "float32")
+        return (cross_entropy(self.critic(edited, training=training), target),
+                cross_entropy(self.critic(real, training=training), condition))
 
     def train_step(self, data):
         images, condition = data
-        with tf.GradientTape() as tape:
-            loss = self._update(images, condition, training=True)
+        with tf.GradientTape(persistent=self.critic is not None) as tape:
+            loss, critic_loss = self._update(images, condition, training=True)
             # Each replica sees its share of the batch and the optimizer sums the replicas'
             # gradients, so each contributes its mean / replicas. scale_loss multiplies by
             # the loss scale under mixed_float16 (a LossScaleOptimizer, which compile puts in
             # and whose apply unscales the gradients); otherwise it changes nothing.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        gradients = tape.gradient(scaled_loss, self.trainable_weights)
-        self.optimizer.apply(gradients, self.trainable_weights)
+            scaled_critic_loss = self.optimizer.scale_loss(critic_loss / replicas)
+        if self.critic is None:
+            gradients = tape.gradient(scaled_loss, self.trainable_weights)
+            self.optimizer.apply(gradients, self.trainable_weights)
+        else:
+            # two objectives: the critic learns only from real faces (were it to learn from
+            # the decoded ones too, it and the decoder could agree on a code no one else sees)
+            generator = self.encoder.trainable_weights + self.decoder.trainable_weights
+            critic = self.critic.trainable_weights
+            gradients = tape.gradient(scaled_loss, generator) + tape.gradient(scaled_critic_loss, critic)
+            del tape
+            self.optimizer.apply(gradients, generator + critic)
         return {metric.name: metric.result() for metric in self.metrics}
 
     def test_step(self, data):
@@ -163,6 +217,9 @@ class CVAE(keras.Model):
             "attribute_table_rows": self.attribute_table.shape[0],
             "kl_warmup_steps": self.kl_warmup_steps,
             "xcov_weight": self.xcov_weight,
+            "critic": None if self.critic is None else keras.saving.serialize_keras_object(self.critic),
+            "steer_weight": self.steer_weight,
+            "steer_mask": self.steer_mask,
         }
 
     @classmethod
@@ -170,6 +227,8 @@ class CVAE(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
+        if config.get("critic") is not None:
+            config["critic"] = keras.saving.deserialize_keras_object(config["critic"])
         return cls(**config)
 
 
@@ -190,8 +249,10 @@ def cross_correlation(z_mean, condition):
 def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
                beta: float, decoder_std: float, seed: int | None = None,
                attribute_names: list[str] | None = None, attribute_rows=None,
-               kl_warmup_steps: int = 0, xcov_weight: float = 0.0) -> CVAE:
-    """`attribute_rows`: training attribute rows (-1/+1) to keep with the model."""
+               kl_warmup_steps: int = 0, xcov_weight: float = 0.0, steer_weight: float = 0.0,
+               steer_mask: list[float] | None = None) -> CVAE:
+    """`attribute_rows`: training attribute rows (-1/+1) to keep with the model. A
+    positive `steer_weight` adds the critic and its steer term."""
     rows = 0 if attribute_rows is None else len(attribute_rows)
     model = CVAE(
         build_encoder(image_size, n_attributes, filters, latent_dim),
@@ -203,6 +264,9 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
         attribute_table_rows=rows,
         kl_warmup_steps=kl_warmup_steps,
         xcov_weight=xcov_weight,
+        critic=build_critic(image_size, n_attributes, filters[:-1] or filters) if steer_weight > 0 else None,
+        steer_weight=steer_weight,
+        steer_mask=steer_mask,
     )
     if rows:
         model.attribute_table.assign(ops.convert_to_tensor(attribute_rows, "float32"))

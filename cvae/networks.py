@@ -77,3 +77,18 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
     images = layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="sigmoid", dtype="float32",
                                     name="images")(x)
     return keras.Model([z, condition], images, name="decoder")
+
+
+def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> keras.Model:
+    """The model's own attribute classifier (one logit per attribute), trained alongside it
+    on the real training images. Decoded faces whose attributes it cannot see cost the
+    decoder (the `steer` term), so the decoder draws what c asks for. It is not the judge
+    of `cvae.classifier`: that one is trained apart and only scores."""
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = images
+    for width in filters:
+        x = layers.Conv2D(width, 4, strides=2, padding="same")(x)
+        x = layers.LeakyReLU(0.2)(x)
+    x = layers.Flatten()(x)
+    logits = layers.Dense(n_attributes, dtype="float32", name="logits")(x)
+    return keras.Model(images, logits, name="critic")

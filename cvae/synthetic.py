@@ -27,6 +27,7 @@ from cvae.celeba import (
     write_attributes,
     write_partition,
 )
+from cvae.progress import progress
 
 WIDTH, HEIGHT = 178, 218  # CelebA's aligned image size
 CENTRE = (89, 109)  # the centre of CelebA's usual 148x148 crop
@@ -222,9 +223,10 @@ def generate(root: str | Path, num_images: int, seed: int, val_fraction: float,
     workers = workers or os.cpu_count() or 1
     if workers > 1 and num_images > 64:
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_draw_and_save, jobs, chunksize=64))
+            drawn = pool.map(_draw_and_save, jobs, chunksize=64)
+            rows = list(progress(drawn, num_images, "download: synthetic faces"))
     else:
-        rows = [_draw_and_save(job) for job in jobs]
+        rows = [_draw_and_save(job) for job in progress(jobs, num_images, "download: synthetic faces")]
     ids = [image_id(index) for index in range(num_images)]
     attributes = Attributes(ids, list(CELEBA_ATTRIBUTES), np.asarray(rows, dtype=np.int8))
     write_attributes(root / ATTRIBUTE_FILE, attributes)

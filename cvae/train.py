@@ -28,6 +28,7 @@ from cvae.config import Params, TrainParams
 from cvae.dataset import ATTRIBUTES_FILE, IDS_FILE, META_FILE, PreparedSplit, load_split, tf_dataset
 from cvae.errors import CvaeError
 from cvae.model import CVAE, build_cvae
+from cvae.quality import check_attributes
 
 HISTORY_FILE = "history.csv"
 ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cvae generate`
@@ -103,7 +104,14 @@ def _new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int)
         attribute_rows=attribute_sample(train_split.attributes, params.seed),
         kl_warmup_steps=round(p.kl_warmup_epochs * steps_per_epoch),
         xcov_weight=p.xcov_weight,
+        steer_weight=p.steer_weight,
+        steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
     )
+
+
+def _steer_mask(wanted: list[str], available: list[str]) -> list[float]:
+    chosen = check_attributes(wanted, available, "train.steer_attributes")
+    return [1.0 if name in chosen else 0.0 for name in available]
 
 
 def _in_float32(model: CVAE, params: Params, train_split: PreparedSplit, steps_per_epoch: int) -> CVAE:
@@ -286,15 +294,16 @@ class Checkpoint:
     epoch: int
     history: dict[str, list[float]]
     early_stopping: EarlyStoppingState | None
-    sampling_state: list[int]
+    seed_states: list[list[int]]
 
     def restore(self, model: CVAE) -> None:
         """Load the model's and the optimizer's variables (the step count included, which
-        places the learning-rate schedule and the KL warm-up) and the sampling noise's
-        generator into a compiled model."""
+        places the learning-rate schedule and the KL warm-up) and the random generators
+        (sampling noise, steer targets) into a compiled model."""
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
         model.load_weights(self.path / WEIGHTS_FILE)
-        model.sampling.seed_generator.state.assign(self.sampling_state)
+        for generator, state in zip(model.seed_generators, self.seed_states, strict=True):
+            generator.state.assign(state)
 
 
 def fingerprint(params: Params, prepared_dir: str | Path) -> str:
@@ -333,7 +342,7 @@ class CheckpointStore:
         print(f"train: resuming from epoch {state['epoch']} of {epochs} (checkpoint {path})", flush=True)
         saved = state["early_stopping"]
         early_stopping = EarlyStoppingState.read(path, saved) if saved else None
-        return Checkpoint(path, state["epoch"], state["history"], early_stopping, state["sampling_state"])
+        return Checkpoint(path, state["epoch"], state["history"], early_stopping, state["seed_states"])
 
     def save(self, model: CVAE, epoch: int, history: dict[str, list[float]],
              early_stopping: EarlyStoppingState | None) -> None:
@@ -347,7 +356,7 @@ class CheckpointStore:
                 "early_stopping": early_stopping.write(staging) if early_stopping else None,
                 # save_weights leaves seed generators out: without their state a resumed run
                 # would draw its first epochs' sampling noise again
-                "sampling_state": model.sampling.seed_generator.state.numpy().tolist(),
+                "seed_states": [generator.state.numpy().tolist() for generator in model.seed_generators],
             }
             (staging / STATE_FILE).write_text(json.dumps(state))
         for older in self.directory.iterdir():  # earlier epochs, and staging left by a kill

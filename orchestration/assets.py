@@ -30,6 +30,7 @@ from orchestration.dvc_pipeline import (
 DVC_POOL = "dvc"  # assets that call DVC run one at a time: DVC locks its workspace
 VALIDATION_CHECK = "attribute_table_valid"  # blocking: a critical expectation failed
 WARNINGS_CHECK = "no_data_warnings"  # not blocking: prevalence (action warn) or files without a row
+OWNERS = ["team:ml"]  # shown in the UI; Dagster accepts "team:<name>" or an email address
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,12 @@ STAGE_ASSETS = {
                                    "accuracy per attribute (reports/classifier.json)."),
     "evaluate": StageAsset("evaluation_metrics", "model", "Held-out ELBO (nats per image, bits per dim), "
                            "reconstruction MSE against the mean-image baseline, attribute fidelity of "
-                           "generated faces and edit success (reports/metrics.json)."),
-    "visualize": StageAsset("figures", "model", "Reconstructions, random conditional samples, the Male x Smiling "
-                            "sweep and the latent map (reports/figures)."),
+                           "generated faces, the classifier's agreement on reconstructions (the ceiling of "
+                           "fidelity) and edit success (reports/metrics.json)."),
+    "visualize": StageAsset("figures", "model", "Reconstructions, random and conditional samples, the Male x "
+                            "Smiling sweep, edits of held-out faces, interpolation, the PCA and t-SNE latent maps "
+                            "and the training curves (reports/figures); each PNG records its provenance (`cvae "
+                            "provenance FILE`)."),
 }
 
 
@@ -222,6 +226,7 @@ def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
         deps=sorted(STAGE_ASSETS[name].name for name in upstream),
         group_name=spec.group,
         description=spec.description,
+        owners=OWNERS,
         kinds={"dvc", "python"},
         pool=DVC_POOL,
         check_specs=check_specs,

@@ -25,7 +25,8 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 16, "filters": [8, 16], "latent_dim": 4},
     "classifier": {"epochs": 1, "batch_size": 16, "filters": [8]},
     "evaluate": {"batch_size": 32, "fidelity_samples": 8, "edit_images": 8},
-    "visualize": {"reconstructions": 4, "samples": 4, "sweep_steps": 3},
+    "visualize": {"reconstructions": 4, "samples": 4, "sweep_steps": 3, "conditional_columns": 3,
+                  "interpolation_pairs": 2, "interpolation_steps": 3},
 }
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

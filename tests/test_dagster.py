@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cvae.celeba import ATTRIBUTE_FILE
-from orchestration.assets import STAGE_ASSETS, VALIDATION_CHECK, WARNINGS_CHECK, build_stage_assets
+from orchestration.assets import OWNERS, STAGE_ASSETS, VALIDATION_CHECK, WARNINGS_CHECK, build_stage_assets
 from orchestration.definitions import defs
 from orchestration.dvc_pipeline import DvcProject
 from orchestration.schedules import nightly_retrain
@@ -53,6 +53,13 @@ def test_asset_graph_agrees_with_dvc_dag(tmp_path):
     }
     assert dagster_edges == dvc_edges
     assert len(dvc_edges) == 10  # with train_classifier: prepare -> it -> evaluate
+
+
+def test_every_asset_has_an_owner():
+    graph = defs.resolve_asset_graph()
+    owners = {key.to_user_string(): graph.get(key).owners for key in graph.get_all_asset_keys()}
+    assert owners == {spec.name: OWNERS for spec in STAGE_ASSETS.values()}
+    assert OWNERS and all(owner.startswith("team:") or "@" in owner for owner in OWNERS)
 
 
 def test_a_stage_without_an_asset_fails_the_import(tmp_path):

@@ -1,14 +1,17 @@
 """`dvc repro` end to end on the tiny synthetic set, in a temporary git repo."""
 
+import hashlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
+from cvae.config import load_params
 from cvae.figures import CAPTIONS
-from tests.conftest import dvc, make_dvc_repo, tiny_params_dict
+from tests.conftest import BIN, dvc, make_dvc_repo, run, tiny_params_dict
 
 STAGES = ("download", "validate", "prepare", "train", "train_classifier", "evaluate", "visualize")
 
@@ -28,11 +31,20 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced):
     repo, first = reproduced
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
+    # long steps report progress as plain lines when the output is a log, not a terminal
+    logged = first.stdout + first.stderr
+    judged = len(tiny_params_dict()["evaluate"]["fidelity_attributes"])
+    assert re.search(r"^\d+/\d+ - \d+s - .*val_neg_elbo", logged, re.MULTILINE)  # Keras: a line per epoch
+    for line in ("download: synthetic faces: 96/96", "prepare: 1/",
+                 f"evaluate: fidelity: {judged}/{judged}", "evaluate: edits: 3/3",
+                 f"visualize: {len(CAPTIONS)}/{len(CAPTIONS)}"):
+        assert line in logged, line
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert {"mse", "kl_nats", "neg_elbo_nats", "bits_per_dim", "mean_image_mse", "mse_vs_mean_image"} <= set(metrics)
     judged = tiny_params_dict()["evaluate"]["fidelity_attributes"]
     assert set(metrics["fidelity"]) == {"mean", *judged}
     assert all(0.0 <= value <= 1.0 for value in metrics["fidelity"].values())
+    assert set(metrics["reconstruction_fidelity"]) == {"mean", *judged}
     assert set(metrics["edit"]) == {"Smiling", "Eyeglasses", "Male"}
     assert set(metrics["edit"]["Smiling"]) == {"success", "others_kept", "pixel_mse"}
     classifier = json.loads((repo / "reports/classifier.json").read_text())
@@ -77,4 +89,68 @@ def test_a_changed_param_reruns_its_stages_and_their_descendants_only(reproduced
     finally:
         path.write_text(original)
         dvc(repo, "repro")  # back to the original outputs (from DVC's run cache)
+    assert stale_stages(repo) == set()
+
+
+def locked_outputs(repo) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def test_every_figure_records_the_commit_params_model_and_data_it_came_from(reproduced):
+    repo, _ = reproduced
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    params = load_params(repo / "params.yaml").model_dump()
+    params_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    locked = locked_outputs(repo)
+    for name in CAPTIONS:
+        with Image.open(repo / "reports/figures" / name) as image:
+            text = dict(image.text)
+        assert text["cvae:git_commit"] == head, name
+        assert text["cvae:params_sha256"] == params_hash, name
+        assert text["cvae:model_dvc_lock_md5"] == locked["models/cvae.keras"] == text["cvae:model_md5"], name
+        assert text["cvae:data_dvc_lock_md5"] == locked["data/prepared"], name
+    printed = run([str(BIN / "cvae"), "provenance", "reports/figures/samples.png"], repo).stdout
+    assert f"git_commit: {head}\n" in printed and f"data_dvc_lock_md5: {locked['data/prepared']}\n" in printed
+
+
+def test_dvc_plots_render_the_training_curves_and_every_figure(reproduced, tmp_path):
+    repo, _ = reproduced
+    shown = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
+    images = {Path(key).name for key, entries in shown.items() if entries[0]["type"] == "image"}
+    assert images == set(CAPTIONS)
+    curves = {key: entries[0]["content"] for key, entries in shown.items() if entries[0]["type"] == "vega"}
+    assert set(curves) == {"neg_elbo", "objective", "mse", "kl"}  # each its own chart, none replaced
+    for key, content in curves.items():
+        column = "loss" if key == "objective" else key
+        assert {row["field"] for row in content["data"]["values"]} == {column, f"val_{column}"}
+    dvc(repo, "plots", "show", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "val_neg_elbo" in page and "samples.png" in page
+
+
+def test_dvc_metrics_show_and_diff_across_commits(reproduced):
+    repo, _ = reproduced
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    (workspace,) = (revision["data"] for revision in shown.values())  # one revision: the workspace
+    assert workspace["reports/metrics.json"]["data"]["fidelity"]["mean"] >= 0.0
+    assert "attributes" in workspace["reports/classifier.json"]["data"]
+    # commit the metrics, change what evaluate does, compare; then put everything back
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    path = repo / "params.yaml"
+    original = path.read_text()
+    run(["git", "add", "-f", "dvc.lock", "reports/metrics.json", "reports/classifier.json"], repo)
+    run(["git", "commit", "-q", "-m", "metrics"], repo)
+    try:
+        params = yaml.safe_load(original)
+        params["evaluate"]["edit_attributes"] = ["Male"]
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        dvc(repo, "repro", "evaluate")
+        diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+        changed = diff["reports/metrics.json"]
+        assert "edit.Smiling.success" in changed and changed["edit.Smiling.success"]["new"] is None
+    finally:
+        path.write_text(original)
+        dvc(repo, "repro")
+        run(["git", "reset", "-q", head], repo)  # the commit goes; the files stay as reproduced
     assert stale_stages(repo) == set()

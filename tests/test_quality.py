@@ -12,7 +12,8 @@ from cvae.classifier import AttributeClassifier, predict_attributes
 from cvae.dataset import PreparedSplit, ShardedImages
 from cvae.errors import CvaeError
 from cvae.model import CVAE
-from cvae.quality import attribute_fidelity, check_attributes, check_judge, edit_success
+from cvae.quality import (attribute_fidelity, check_attributes, check_judge, edit_success,
+                          reconstruction_fidelity)
 
 SIZE, LATENT = 8, 2
 NAMES = ["Bright", "Always", "Never"]
@@ -124,3 +125,12 @@ def test_the_judge_is_scored_per_attribute_with_balanced_accuracy(tmp_path):
     assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0}
     # "Never" says -1 to everything: right on 7 of 10, but on none of the +1 faces
     assert scores["Never"] == {"accuracy": 0.7, "balanced_accuracy": 0.5, "prevalence": 0.3}
+
+
+def test_reconstruction_fidelity_compares_the_judge_on_reconstructions_with_the_truth(held_out):
+    # the decoder draws attribute 0 from the face's own value: the judge sees it in every
+    # reconstruction; "Always" and "Never" are right for one value each, balanced: chance
+    ceiling = reconstruction_fidelity(brightness_cvae(), judge(), held_out, NAMES, batch_size=8)
+    assert ceiling == {"Bright": 1.0, "Always": 0.5, "Never": 0.5}
+    blind = reconstruction_fidelity(brightness_cvae(uses_condition=False), judge(), held_out, ["Bright"], 8)
+    assert blind == {"Bright": 0.5}

@@ -23,6 +23,7 @@ keras = pytest.importorskip("keras")
 from cvae.cli import main as cvae_main
 from cvae.config import params_from_dict
 from cvae.dataset import IDS_FILE
+from cvae.errors import CvaeError
 from cvae.model import build_cvae, load_cvae
 from cvae.prepare import prepare
 from cvae.train import (HISTORY_FILE, WEIGHTS_FILE, CheckpointStore, SaveCheckpoint, fingerprint,
@@ -299,3 +300,16 @@ def test_mixed_bfloat16_trains_on_a_cpu_and_saves_a_float32_model(prepared, one_
     images = np.full((2, 16, 16, 3), 0.5, np.float32)
     for output in (model([images, condition]), model.generate(condition, seed=0)):
         assert keras.backend.standardize_dtype(output.dtype) == "float32"
+
+
+def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepared, tmp_path):
+    with pytest.raises(CvaeError, match=r"train.steer_attributes: \['Smilng'\] not among"):
+        train(make_params(**ONE_EPOCH, steer_weight=10.0, steer_attributes=["Smilng"]), prepared,
+              tmp_path / "bad.keras", tmp_path / "bad")
+    assert not (tmp_path / "bad.keras").exists()
+    final = train(make_params(**ONE_EPOCH, steer_weight=10.0, steer_attributes=["Smiling", "Male"]), prepared,
+                  tmp_path / "cvae.keras", tmp_path / "train")
+    assert final["steer"] > 0 and final["critic"] > 0 and "val_steer" in final
+    model = load_cvae(tmp_path / "cvae.keras")
+    chosen = [name for name, on in zip(model.attribute_names, model.steer_mask) if on]
+    assert chosen == sorted(chosen, key=model.attribute_names.index) and set(chosen) == {"Smiling", "Male"}
