@@ -57,12 +57,12 @@ class TrainParams(_Section):
     latent_dim: int = Field(32, ge=1)
     filters: list[int] = Field([16, 32, 64, 128], min_length=1)
     beta: float = Field(2.0, ge=0.0)
-    decoder_std: float = Field(0.2, gt=0.0)
+    decoder_std: float = Field(0.15, gt=0.0)
     shuffle_buffer: int = Field(8192, ge=1)
     clip_norm: float = Field(1.0, gt=0.0)
     kl_warmup_epochs: float = Field(2.0, ge=0.0)
     xcov_weight: float = Field(100.0, ge=0.0)
-    steer_weight: float = Field(0.0, ge=0.0)
+    steer_weight: float = Field(50.0, ge=0.0)
     # attributes the steer term covers; empty: every attribute
     steer_attributes: list[str] = []
     lr_schedule: Literal["constant", "cosine"] = "cosine"
