@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 
 from cvae.config import load_params
 from cvae.figures import CAPTIONS
-from tests.conftest import BIN, dvc, make_dvc_repo, run, tiny_params_dict
+from tests.conftest import BIN, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
 
 STAGES = ("download", "validate", "prepare", "train", "train_classifier", "evaluate", "visualize")
 
@@ -154,3 +155,47 @@ def test_dvc_metrics_show_and_diff_across_commits(reproduced):
         dvc(repo, "repro")
         run(["git", "reset", "-q", head], repo)  # the commit goes; the files stay as reproduced
     assert stale_stages(repo) == set()
+
+
+def test_dvc_exp_run_with_a_param_and_exp_show(reproduced):
+    repo, _ = reproduced
+    run(["git", "add", "-f", "dvc.lock"], repo)
+    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    try:
+        # DVC's own environment (antlr 4.9, see DESIGN.md), the project's `cvae` on PATH
+        ran = dvc(repo, "exp", "run", "-S", "train.beta=0.5", "-n", "beta-half")
+        assert stages_run(ran.stdout) == {"train", "evaluate", "visualize"}
+        shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+        experiments = [exp for entry in shown for group in (entry.get("experiments") or [])
+                       for exp in group["revs"]]
+        (ours,) = [exp for exp in experiments if exp.get("name") == "beta-half"]
+        data = ours["data"]
+        assert data["params"]["params.yaml"]["data"]["train"]["beta"] == 0.5
+        assert "fidelity" in data["metrics"]["reports/metrics.json"]["data"]
+    finally:
+        run(["git", "checkout", "-q", "--", "params.yaml"], repo)
+        dvc(repo, "repro")  # the baseline's outputs again, from the run cache
+        run(["git", "reset", "-q", head + "~1"], repo)  # the baseline commit goes; files stay
+    assert stale_stages(repo) == set()
+
+
+def test_push_wipe_and_pull_through_the_default_local_remote(reproduced):
+    repo, _ = reproduced
+    shutil.copy(PROJECT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's default remote
+    remote = (repo / ".dvc" / "../../cvae-dvc-remote").resolve()
+    assert remote.parent == repo.parent  # beside the project, not inside it
+    dvc(repo, "push")
+    assert any(remote.rglob("*")), "nothing was pushed"
+    before = locked_outputs(repo)
+    model_bytes = (repo / "models/cvae.keras").read_bytes()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for output in ("data/raw", "data/prepared", "reports/validation", "reports/figures", "models/cvae.keras",
+                   "models/classifier.keras"):
+        target = repo / output
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    assert stale_stages(repo)  # the outputs are gone
+    dvc(repo, "pull")
+    assert stale_stages(repo) == set()
+    assert locked_outputs(repo) == before
+    assert (repo / "models/cvae.keras").read_bytes() == model_bytes
