@@ -31,7 +31,7 @@ def _download(params: Params, args: argparse.Namespace) -> None:
 def _validate(params: Params, args: argparse.Namespace) -> None:
     from cvae.validation import validate
 
-    summary = validate(params, args.raw, args.report)
+    summary = validate(params, args.raw, args.report, args.baseline)
     if not summary.success:
         raise CvaeError(summary.describe_failures() + f"\n(report: {args.report})")
     print(f"validate: {summary.rows} rows and {summary.image_files} image files passed"
@@ -86,6 +86,8 @@ STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
     "validate": ("check the attribute table, partition and images with Great Expectations", _validate, [
         ("--raw", "data/raw", "raw dataset directory"),
         ("--report", "reports/validation", "where the report goes"),
+        ("--baseline", "reports/validated_prevalence.json", "attribute prevalence of the last validated delivery:"
+         " a shift beyond validate.drift_tolerance is a warning; replaced when this delivery passes"),
     ]),
     "prepare": ("crop, resize and split the images", _prepare, [
         ("--raw", "data/raw", "raw dataset directory"),

@@ -41,6 +41,10 @@ class ValidateParams(_Section):
     # share of +1 per attribute: [low, high]
     prevalence: dict[str, list[float]] = {}
     prevalence_action: Literal["warn", "block"] = "warn"
+    # largest change of an attribute's share of +1 against the last validated delivery
+    # before a (non-blocking) drift warning; attributes compared: all, or these
+    drift_tolerance: float = Field(0.05, gt=0.0, le=1.0)
+    drift_attributes: list[str] = []
 
     @model_validator(mode="after")
     def _bounds_are_shares(self) -> ValidateParams:

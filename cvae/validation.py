@@ -16,6 +16,7 @@ imports this module only to read the report.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -31,6 +32,7 @@ from cvae.celeba import (
     read_attribute_frame,
     read_partition_frame,
 )
+from cvae.atomic import replace_file
 from cvae.config import Params
 from cvae.errors import CvaeError
 from cvae.gx_suite import CRITICAL, WARNING, Table, run_tables
@@ -49,10 +51,16 @@ IN_PARTITION_COLUMN = "in_partition_file"  # only when there is a partition file
 # Columns of the partition and image-file tables.
 PARTITION_COLUMN = "partition"
 HAS_ROW_COLUMN = "has_attribute_row"
+DRIFT_COLUMN = "prevalence_shift"  # |share of +1 now - in the last validated delivery|
 
 
-def validate(params: Params, raw_dir: str | Path, report_dir: str | Path) -> ValidationSummary:
-    """Validate the dataset at `raw_dir`; write the report to `report_dir`; return its summary."""
+def validate(params: Params, raw_dir: str | Path, report_dir: str | Path,
+             baseline_path: str | Path | None = None) -> ValidationSummary:
+    """Validate the dataset at `raw_dir`; write the report to `report_dir`; return its summary.
+
+    With `baseline_path`, the share of +1 of each attribute is compared with the one of the
+    last delivery that passed (a warning beyond `validate.drift_tolerance`), and replaced by
+    this delivery's when it passes."""
     raw_dir = Path(raw_dir)
     attribute_file = read_attribute_frame(raw_dir / ATTRIBUTE_FILE)
     _check_header(attribute_file)
@@ -74,10 +82,69 @@ def validate(params: Params, raw_dir: str | Path, report_dir: str | Path) -> Val
     if partition is not None:
         partition[HAS_ROW_COLUMN] = partition[IMAGE_ID_COLUMN].isin(ids)
         tables.append(Table(PARTITION_FILE, partition, _partition_expectations()))
+    prevalence = _prevalence(attributes, attribute_file.names)
+    previous = read_baseline(baseline_path) if baseline_path else None
+    if previous is not None:
+        drift = drift_table(prevalence, previous, params.validation.drift_attributes)
+        tables.append(Table(f"prevalence against the last validated delivery ({baseline_path})", drift,
+                            _drift_expectations(params.validation.drift_tolerance)))
     outcomes = run_tables(tables)
     summary = ValidationSummary.of(str(raw_dir), len(attributes), len(files), outcomes)
     write_report(summary, outcomes, report_dir)
+    if baseline_path and summary.success:
+        write_baseline(baseline_path, str(raw_dir), prevalence)
     return summary
+
+
+def _prevalence(attributes: pd.DataFrame, names: list[str]) -> dict[str, float]:
+    """Share of +1 per attribute over the rows whose value is -1 or +1."""
+    shares = {}
+    for name in names:
+        values = pd.to_numeric(attributes[name], errors="coerce")
+        valid = values[values.isin([1, -1])]
+        shares[name] = round(float((valid == 1).mean()), 6) if len(valid) else None
+    return shares
+
+
+def read_baseline(path: str | Path) -> dict[str, float] | None:
+    """The prevalence of the last validated delivery, or None before the first one."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        return {str(name): (None if share is None else float(share)) for name, share in saved["prevalence"].items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CvaeError(f"{path}: not a prevalence baseline written by `cvae validate` ({exc}); delete it to"
+                        " start afresh") from None
+
+
+def write_baseline(path: str | Path, source: str, prevalence: dict[str, float]) -> None:
+    with replace_file(path) as staging:
+        staging.write_text(json.dumps({"source": source, "prevalence": prevalence}, indent=2) + "\n")
+
+
+def drift_table(current: dict[str, float], previous: dict[str, float], wanted: list[str]) -> pd.DataFrame:
+    """One row per attribute in both deliveries (or in `wanted`): the absolute change of its
+    share of +1. An attribute the previous delivery lacked counts as a full shift."""
+    names = wanted or [name for name in current if current[name] is not None]
+    missing = [name for name in names if name not in current]
+    if missing:
+        raise CvaeError(f"validate.drift_attributes: {missing} not among the attribute file's columns")
+    shifts = []
+    for name in names:
+        before, now = previous.get(name), current[name]
+        shifts.append(1.0 if before is None or now is None else round(abs(now - before), 6))
+    # the attribute goes in the `image_id` column: failed rows are reported as "name: shift"
+    return pd.DataFrame({IMAGE_ID_COLUMN: names, DRIFT_COLUMN: shifts})
+
+
+def _drift_expectations(tolerance: float) -> list:
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToBeBetween(
+        column=DRIFT_COLUMN, min_value=0.0, max_value=tolerance, severity=WARNING,
+        description=f"each attribute's share of +1 within {tolerance} of the last validated delivery")]
 
 
 def _check_header(attribute_file: AttributeFile) -> None:

@@ -292,3 +292,53 @@ def test_a_repeated_attribute_name_is_a_clear_error(synthetic_root, tmp_path):
     edit_lines(raw / ATTRIBUTE_FILE, lambda lines: lines.__setitem__(1, lines[1].replace("Bald", "Bangs")))
     with pytest.raises(CvaeError, match=r"list_attr_celeba\.txt:2: attribute names must be unique .*found Bangs$"):
         validate(params(), raw, tmp_path / "report")
+
+
+# --- drift against the last validated delivery ------------------------------------------
+
+def shift(raw, name, value, count):
+    """Set attribute `name` to `value` on the first `count` rows of the attribute file."""
+    position = (raw / ATTRIBUTE_FILE).read_text().splitlines()[1].split().index(name)
+
+    def edit(lines):
+        for line_number in range(2, 2 + count):
+            image_id = lines[line_number].split()[0]
+            set_value(lines, image_id, position, value)
+    edit_lines(raw / ATTRIBUTE_FILE, edit)
+
+
+def test_prevalence_drift_warns_and_the_baseline_follows_validated_deliveries(synthetic_root, tmp_path):
+    baseline = tmp_path / "validated_prevalence.json"
+    first = validate(params(), synthetic_root, tmp_path / "r1", baseline)
+    assert first.success and not first.warnings  # nothing to compare with yet
+    recorded = json.loads(baseline.read_text())["prevalence"]
+    assert len(recorded) == 40 and 0 < recorded["Smiling"] < 1
+    again = validate(params(), synthetic_root, tmp_path / "r2", baseline)
+    assert again.success and not again.warnings  # the same delivery: no shift
+
+    shifted = copy_raw(synthetic_root, tmp_path / "shifted")
+    shift(shifted, "Smiling", "1", 24)  # half of the 48 rows now smile
+    summary = validate(params(), shifted, tmp_path / "r3", baseline)
+    assert summary.success  # a warning, not a block
+    [warning] = summary.warnings
+    assert warning.column == "prevalence_shift" and warning.examples[0].startswith("Smiling: ")
+    assert "within 0.05 of the last validated delivery" in summary.describe_warnings()
+    assert json.loads(baseline.read_text())["prevalence"]["Smiling"] > recorded["Smiling"]  # the new baseline
+
+    # a delivery that fails validation does not become the baseline
+    before = baseline.read_bytes()
+    failing = validate(params(prevalence={"Male": [0.95, 1.0]}, prevalence_action="block"), synthetic_root,
+                       tmp_path / "r4", baseline)
+    assert not failing.success and baseline.read_bytes() == before
+    # a wider tolerance lets the same shift through
+    assert not validate(params(drift_tolerance=0.9), synthetic_root, tmp_path / "r5", baseline).warnings
+
+
+def test_a_broken_baseline_or_unknown_drift_attribute_is_named(synthetic_root, tmp_path):
+    baseline = tmp_path / "validated_prevalence.json"
+    baseline.write_text("{not json")
+    with pytest.raises(CvaeError, match=r"validated_prevalence.json: not a prevalence baseline"):
+        validate(params(), synthetic_root, tmp_path / "report", baseline)
+    baseline.write_text(json.dumps({"prevalence": {"Smiling": 0.5}}))
+    with pytest.raises(CvaeError, match=r"validate.drift_attributes: \['Smilng'\]"):
+        validate(params(drift_attributes=["Smilng"]), synthetic_root, tmp_path / "report", baseline)
