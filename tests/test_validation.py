@@ -93,7 +93,8 @@ def defective(tmp_path_factory, synthetic_root):
         "prevalence": {**WIDE, "Male": [0.95, 1.0]}, "prevalence_action": "block"})))
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        code = main(["validate", "--raw", str(raw), "--report", str(root / "report"), "--params", str(params_file)])
+        code = main(["validate", "--raw", str(raw), "--report", str(root / "report"), "--params", str(params_file),
+                     "--baseline", str(root / "validated_prevalence.json")])
     report = json.loads((root / "report" / "summary.json").read_text())
     return {"code": code, "stderr": stderr.getvalue(), "report": report, "failed": keyed(report["failed"]),
             "warnings": keyed(report["warnings"]), "markdown": (root / "report" / "summary.md").read_text()}
@@ -248,6 +249,7 @@ def test_prevalence_out_of_bounds_only_warns_by_default(synthetic_root, tmp_path
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny_params_dict(validate={"prevalence": {**WIDE, "Male": [0.95, 1.0]}})))
     code = main(["validate", "--raw", str(synthetic_root), "--report", str(tmp_path / "report"),
+                 "--baseline", str(tmp_path / "validated_prevalence.json"),
                  "--params", str(params_file)])
     out = capsys.readouterr().out
     assert code == 0
