@@ -73,6 +73,14 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
           f" edit success {edits} -> {args.metrics}")
 
 
+def _promote(params: Params, args: argparse.Namespace) -> None:
+    from cvae.promote import describe, promote
+
+    decision = promote(params, args.prepared, args.model, args.classifier, args.metrics, args.registry,
+                       args.production, args.decision)
+    print(describe(decision) + f"\n(decision: {args.decision})")
+
+
 def _visualize(params: Params, args: argparse.Namespace) -> None:
     from cvae.figures import visualize
 
@@ -111,6 +119,16 @@ STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
         ("--classifier", "models/classifier.keras", "the attribute classifier"),
         ("--metrics", "reports/metrics.json", "where the metrics go"),
     ]),
+    "promote": ("register the trained model and make it the production model if the quality gate passes",
+                _promote, [
+        ("--prepared", "data/prepared", "prepared dataset directory (both models are scored on its test split)"),
+        ("--model", "models/cvae.keras", "the challenger: the newly trained model"),
+        ("--classifier", "models/classifier.keras", "the attribute classifier that judges both models"),
+        ("--metrics", "reports/metrics.json", "the challenger's metrics, from evaluate"),
+        ("--registry", "models/registry", "the registry: one folder per trained model"),
+        ("--production", "models/production", "the symlink to the registry version in use"),
+        ("--decision", "reports/promotion.json", "where the decision and both models' numbers go"),
+    ]),
     "visualize": ("draw reconstructions, samples, edits, the sweep, the latent map and training curves",
                   _visualize, [
         ("--prepared", "data/prepared", "prepared dataset directory"),
@@ -122,13 +140,27 @@ STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
 
 
 DEFAULT_PARAMS = Path("params.yaml")
-MODEL = ("--model", "models/cvae.keras", "the trained model")
+PRODUCTION = Path("models/production")
+MODEL = ("--model", str(PRODUCTION / "cvae.keras"), "the model (the production model unless given)")
+CLASSIFIER = ("--classifier", str(PRODUCTION / "classifier.keras"),
+              "the attribute classifier (the production model's unless given)")
+
+
+def _require_production(*paths: Path) -> None:
+    """A default path into models/production that is missing: say what to do, not just 'not found'."""
+    if any(path.is_relative_to(PRODUCTION) for path in paths) and not PRODUCTION.exists():
+        from cvae.registry import production
+
+        production(PRODUCTION)  # a dangling link explains itself
+        raise CvaeError(f"{PRODUCTION}: no production model yet; run the pipeline (`make run` or `dvc repro`)"
+                        " or pass --model PATH")
 
 
 def _generate(args: argparse.Namespace) -> None:
     from cvae.faces import GRID_FILE, generate_faces, parse_settings
 
     settings = parse_settings(args.attrs, "--attr")
+    _require_production(args.model)
     faces = generate_faces(settings, args.count, args.seed, args.out, args.model)
     print(f"generate: wrote {len(faces.paths) - 1} faces and {GRID_FILE} to {args.out}"
           f" (seed {faces.seed}; {faces.describe_draw()})")
@@ -139,6 +171,7 @@ def _edit(args: argparse.Namespace) -> None:
 
     edits = parse_settings(args.edits, "--set")
     attributes_path = args.classifier if args.attrs_from == "classifier" else args.attr_file
+    _require_production(args.model, attributes_path)
     face = edit_face(args.image, edits, args.out, _crop(args.params), args.attrs_from, attributes_path,
                      args.model)
     changes = ", ".join(f"{name} {face.before[name]:g} -> {face.after[name]:g}" for name in edits)
@@ -213,7 +246,7 @@ chunks.""",
     command.add_argument("--attrs-from", choices=("classifier", "file"), default="classifier",
                          help="where the face's own attributes come from (default: %(default)s)")
     _add_path_option(command, *MODEL)
-    _add_path_option(command, "--classifier", "models/classifier.keras", "the attribute classifier")
+    _add_path_option(command, *CLASSIFIER)
     _add_path_option(command, "--attr-file", "data/raw/list_attr_celeba.txt",
                      "CelebA-format attribute file, for --attrs-from file; the image is looked up by"
                      " file name")
@@ -241,6 +274,48 @@ def _add_provenance(commands) -> None:
     command.set_defaults(run=_provenance)
 
 
+def _production(args: argparse.Namespace) -> None:
+    from cvae import registry
+    from cvae.gate import flatten
+
+    if args.set:
+        version = registry.Version(args.registry / args.set)
+        if not version.model.is_file():
+            known = ", ".join(v.name for v in registry.versions(args.registry)) or "none"
+            raise CvaeError(f"{args.registry}: no version {args.set!r} (registered: {known})")
+        registry.set_production(args.production, version)
+        print(f"production: {args.production} -> {version.path}")
+        return
+    current = registry.production(args.production)
+    listed = registry.versions(args.registry)
+    if not listed:
+        print(f"production: {args.registry} holds no model yet")
+    for version in listed:
+        marker = "*" if current is not None and version.path.resolve() == current.path else " "
+        metrics = flatten(version.metrics())
+        shown = ", ".join(f"{name} {metrics[name]:.4g}" for name in SUMMARY_METRICS if name in metrics)
+        commit = version.provenance().get("git_commit", "?")[:12]
+        print(f"{marker} {version.name}  commit {commit}  {shown}")
+    if current is not None:
+        print(f"production: {args.production} -> {current.path}")
+
+
+SUMMARY_METRICS = ("neg_elbo_nats", "mse", "fidelity/mean")
+
+
+def _add_production(commands) -> None:
+    command = commands.add_parser(
+        "production", help="list the registered models, or switch the production model",
+        description="List the models in the registry (the production one starred) with their main metrics,"
+                    " or point the production link at another version (a rollback); the switch is one"
+                    " atomic rename.",
+        epilog="example: cvae production --set 20261124T020512Z-1a2b3c4d")
+    command.add_argument("--set", metavar="VERSION", help="make this registry version the production model")
+    _add_path_option(command, "--registry", "models/registry", "the registry")
+    _add_path_option(command, "--production", str(PRODUCTION), "the production link")
+    command.set_defaults(run=_production)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvae", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -255,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_edit(commands)
     _add_provenance(commands)
+    _add_production(commands)
     return parser
 
 

@@ -109,6 +109,20 @@ class VisualizeParams(_Section):
     latent_color_attributes: list[str] = Field(["Smiling", "Male"], min_length=1)
 
 
+class GateRule(_Section):
+    # which way a metric improves, and how much worse (absolute) a challenger may be
+    better: Literal["higher", "lower"]
+    tolerance: float = Field(ge=0.0)
+
+
+class RetrainParams(_Section):
+    # retrain even when the data and params are unchanged (the nightly run's switch)
+    force: bool = False
+    # metric path in metrics.json ("fidelity/mean", "edit/Smiling/success") -> its rule
+    gate: dict[str, GateRule] = Field(
+        default_factory=lambda: {"neg_elbo_nats": GateRule(better="lower", tolerance=1.0)})
+
+
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
@@ -118,6 +132,7 @@ class Params(_Section):
     classifier: ClassifierParams = ClassifierParams()
     evaluate: EvaluateParams = EvaluateParams()
     visualize: VisualizeParams = VisualizeParams()
+    retrain: RetrainParams = RetrainParams()
 
     @model_validator(mode="after")
     def _image_size_fits_the_model(self) -> Params:

@@ -30,8 +30,16 @@ def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, c
     from cvae.classifier import load_classifier
     from cvae.model import load_cvae
 
-    model = load_cvae(model_path)
-    classifier = load_classifier(classifier_path)
+    metrics = score(params, prepared_dir, load_cvae(model_path), load_classifier(classifier_path))
+    with replace_file(metrics_path) as staging:
+        staging.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def score(params: Params, prepared_dir: str | Path, model, classifier) -> dict:
+    """Every metric of `model` on the held-out split, judged by `classifier`. The same
+    seed draws the same latent codes and faces for any model, so two models scored
+    here are compared on identical samples (the promotion gate relies on it)."""
     check_judge(model, classifier)
     test = load_split(prepared_dir, "test")
     if len(test) == 0:
@@ -77,8 +85,6 @@ def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, c
                                           **{name: _round(value) for name, value in ceiling.items()}}
     edits = edit_success(model, classifier, test, edited, judged, e.edit_images, params.seed, e.batch_size)
     metrics["edit"] = {name: {key: _round(value) for key, value in result.items()} for name, result in edits.items()}
-    with replace_file(metrics_path) as staging:
-        staging.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

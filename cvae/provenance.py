@@ -20,11 +20,16 @@ LOCK_FILE = "dvc.lock"
 
 
 def collect(params: Params, model_path: str | Path, data_dir: str | Path, project_dir: str | Path = ".") -> dict:
-    """The provenance of outputs made now from `model_path` and `data_dir`."""
+    """The provenance of outputs made now from `model_path` and `data_dir`, as PNG text keys."""
+    return {PREFIX + key: value for key, value in record(params, model_path, data_dir, project_dir).items()}
+
+
+def record(params: Params, model_path: str | Path, data_dir: str | Path, project_dir: str | Path = ".") -> dict:
+    """Git commit, params hash, and the model and data with their md5s in dvc.lock."""
     project_dir = Path(project_dir)
-    locked = _locked_hashes(project_dir)
+    locked = locked_hashes(project_dir)
     model_md5 = _md5(Path(model_path))
-    record = {
+    fields = {
         "git_commit": _git_commit(project_dir),
         "params_sha256": hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode()).hexdigest(),
         "model": str(model_path),
@@ -33,10 +38,10 @@ def collect(params: Params, model_path: str | Path, data_dir: str | Path, projec
         "data": str(data_dir),
         "data_dvc_lock_md5": locked.get(_key(data_dir), "absent (not a DVC output here)"),
     }
-    if record["model_dvc_lock_md5"] not in ("absent (not a DVC output here)", model_md5):
+    if fields["model_dvc_lock_md5"] not in ("absent (not a DVC output here)", model_md5):
         # the file was replaced after DVC recorded it: say so rather than vouch for the wrong one
-        record["model_dvc_lock_md5"] += " (stale: the model file differs)"
-    return {PREFIX + key: value for key, value in record.items()}
+        fields["model_dvc_lock_md5"] += " (stale: the model file differs)"
+    return fields
 
 
 def read(path: str | Path) -> dict[str, str]:
@@ -62,7 +67,7 @@ def _key(path: str | Path) -> str:
     return Path(path).as_posix().rstrip("/")
 
 
-def _locked_hashes(project_dir: Path) -> dict[str, str]:
+def locked_hashes(project_dir: Path) -> dict[str, str]:
     """Output path -> md5 over every stage of dvc.lock (nothing when there is none)."""
     lock = project_dir / LOCK_FILE
     if not lock.exists():

@@ -18,6 +18,9 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not re-exported by dagster
 
+from cvae.config import load_params
+from cvae.gate import flatten
+
 from orchestration.dvc_pipeline import (
     PROJECT_ROOT,
     DvcProject,
@@ -30,6 +33,7 @@ from orchestration.dvc_pipeline import (
 DVC_POOL = "dvc"  # assets that call DVC run one at a time: DVC locks its workspace
 VALIDATION_CHECK = "attribute_table_valid"  # blocking: a critical expectation failed
 WARNINGS_CHECK = "no_data_warnings"  # not blocking: prevalence (action warn) or files without a row
+FORCED_STAGE = "train"  # retrain.force reruns this stage, and so everything downstream of it
 OWNERS = ["team:ml"]  # shown in the UI; Dagster accepts "team:<name>" or an email address
 
 
@@ -57,6 +61,10 @@ STAGE_ASSETS = {
                            "reconstruction MSE against the mean-image baseline, attribute fidelity of "
                            "generated faces, the classifier's agreement on reconstructions (the ceiling of "
                            "fidelity) and edit success (reports/metrics.json)."),
+    "promote": StageAsset("production_model", "model", "The model registry (models/registry: every trained model "
+                          "with its metrics and provenance) and the production model (models/production), switched "
+                          "only when the quality gate of `retrain.gate` passes against the model in use, both scored "
+                          "on the same held-out faces (reports/promotion.json)."),
     "visualize": StageAsset("figures", "model", "Reconstructions, random and conditional samples, the Male x "
                             "Smiling sweep, edits of held-out faces, interpolation, the PCA and t-SNE latent maps "
                             "and the training curves (reports/figures); each PNG records its provenance (`cvae "
@@ -107,26 +115,33 @@ def _model_metadata(root: Path) -> dict:
 def _classifier_metadata(root: Path) -> dict:
     report = json.loads((root / "reports/classifier.json").read_text())
     return {
-        **{name: dg.MetadataValue.float(value) for name, value in _flatten(report).items()},
+        **{name: dg.MetadataValue.float(value) for name, value in flatten(report).items()},
         "classifier_path": dg.MetadataValue.path(str(root / "models/classifier.keras")),
     }
-
-
-def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """{"edit": {"Smiling": {"success": 0.9}}} -> {"edit/Smiling/success": 0.9}"""
-    flat = {}
-    for name, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{name}/"))
-        else:
-            flat[f"{prefix}{name}"] = float(value)
-    return flat
 
 
 def _metrics_metadata(root: Path) -> dict:
     # numeric metadata, one entry per metric, so the UI plots each across materialisations
     metrics = json.loads((root / "reports/metrics.json").read_text())
-    return {name: dg.MetadataValue.float(value) for name, value in _flatten(metrics).items()}
+    return {name: dg.MetadataValue.float(value) for name, value in flatten(metrics).items()}
+
+
+def _promotion_metadata(root: Path) -> dict:
+    from cvae.promote import gated_numbers
+
+    decision = json.loads((root / "reports/promotion.json").read_text())
+    before = decision["production_before"]
+    return {
+        "decision": decision["decision"],
+        "reason": decision["reason"],
+        "challenger_version": decision["challenger"]["version"],
+        "production_version": decision["production"],
+        "previous_production_version": before["version"] if before else "none",
+        "gate": dg.MetadataValue.json(decision["gate"]),
+        **{name: dg.MetadataValue.float(value) for name, value in gated_numbers(decision).items()},
+        "decision_path": dg.MetadataValue.path(str(root / "reports/promotion.json")),
+        "production_path": dg.MetadataValue.path(str(root / "models/production")),
+    }
 
 
 def _figures_metadata(root: Path) -> dict:
@@ -154,8 +169,20 @@ DESCRIBE: dict[str, Callable[[Path], dict]] = {
     "train": _model_metadata,
     "train_classifier": _classifier_metadata,
     "evaluate": _metrics_metadata,
+    "promote": _promotion_metadata,
     "visualize": _figures_metadata,
 }
+
+
+def _run_metadata(changes: list[str], forced: bool) -> dict:
+    """Whether DVC reran the stage and why: an unchanged stage is skipped (DVC's cache)."""
+    if forced:
+        summary = "ran: forced by retrain.force"
+    elif changes:
+        summary = "ran: " + "; ".join(changes)
+    else:
+        summary = "skipped: its data, code and params are unchanged since the last run (DVC's cache)"
+    return {"dvc_run": summary, "dvc_reran": bool(forced or changes)}
 
 
 def _lock_metadata(root: Path, stage: str) -> tuple[dict, dg.DataVersion]:
@@ -167,6 +194,9 @@ def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
                        pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Run `validate`; a data failure is a failed blocking check, not a crashed asset, so the
     UI shows which expectations failed while `prepare` and `train` are held back."""
+    changes = dvc.pending_changes("validate")
+    run_metadata = _run_metadata(changes, forced=False)
+    context.log.info(f"validate: {run_metadata['dvc_run']}")
     started = time.time()
     try:
         dvc.repro(context, pipes, "validate")
@@ -174,7 +204,8 @@ def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
     except DagsterPipesExecutionError:
         stage_failed = True
     report = dvc.root / "reports/validation/summary.json"
-    if not report.exists() or report.stat().st_mtime < started:
+    # a stage DVC skipped keeps the report dvc.lock records; one that ran must have written anew
+    if not report.exists() or (changes and report.stat().st_mtime < started):
         raise dg.Failure("the validate stage failed before writing a report; see the step's logs")
     summary = json.loads(report.read_text())
     if stage_failed and summary["success"]:
@@ -200,7 +231,7 @@ def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
         ),
     ]
     return dg.MaterializeResult(
-        metadata={**_validation_metadata(dvc.root), **lock_metadata},
+        metadata={**_validation_metadata(dvc.root), **run_metadata, **lock_metadata},
         data_version=version if not stage_failed else None,
         check_results=checks,
     )
@@ -236,9 +267,13 @@ def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
                pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         if stage == "validate":
             return _validation_result(context, dvc, pipes_subprocess_client)
-        dvc.repro(context, pipes_subprocess_client, stage)
+        force = stage == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
+        run_metadata = _run_metadata(dvc.pending_changes(stage), force)
+        context.log.info(f"{stage}: {run_metadata['dvc_run']}")
+        dvc.repro(context, pipes_subprocess_client, stage, force=force)
         lock_metadata, version = _lock_metadata(dvc.root, stage)
-        return dg.MaterializeResult(metadata={**DESCRIBE[stage](dvc.root), **lock_metadata}, data_version=version)
+        return dg.MaterializeResult(metadata={**DESCRIBE[stage](dvc.root), **run_metadata, **lock_metadata},
+                                    data_version=version)
 
     return _asset
 

@@ -4,11 +4,12 @@ import dagster as dg
 
 from orchestration.assets import build_stage_assets
 from orchestration.dvc_pipeline import DvcProject
-from orchestration.schedules import nightly_retrain, retrain_job
+from orchestration.schedules import nightly_retrain, record_run_failures, retrain_job
 
 defs = dg.Definitions(
     assets=build_stage_assets(),
     jobs=[retrain_job],
     schedules=[nightly_retrain],
+    sensors=[record_run_failures],
     resources={"dvc": DvcProject(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

@@ -9,7 +9,9 @@ files and runs DVC's command line.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -99,12 +101,35 @@ class DvcProject(dg.ConfigurableResource):
         bin_dir = str(Path(sys.executable).parent)
         return {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
 
-    def repro(self, context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, stage: str) -> None:
+    def pending_changes(self, stage: str) -> list[str]:
+        """Why DVC would rerun `stage` now (empty: it is up to date and will be skipped)."""
+        result = subprocess.run([self.dvc_command(), "--wait-for-lock", "status", "--json", stage],
+                                cwd=self.root, env={**os.environ, **self.stage_env()}, capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise dg.Failure(f"dvc status {stage} failed in {self.root}: {result.stderr.strip()}")
+        return describe_status(json.loads(result.stdout or "{}").get(stage, []))
+
+    def repro(self, context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, stage: str,
+              force: bool = False) -> None:
         """Run one stage (not its upstream: Dagster orders those) and let DVC record it."""
-        context.log.info(f"dvc repro --single-item {stage} in {self.root}")
-        pipes.run(
-            context=context,
-            command=[self.dvc_command(), "--wait-for-lock", "repro", "--single-item", stage],
-            cwd=str(self.root),
-            env=self.stage_env(),
-        )
+        command = [self.dvc_command(), "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []),
+                   stage]
+        context.log.info(f"{' '.join(command[1:])} in {self.root}")
+        pipes.run(context=context, command=command, cwd=str(self.root), env=self.stage_env())
+
+
+def describe_status(entries: list) -> list[str]:
+    """DVC's status of one stage in words: ["changed deps: data/prepared (modified)", ...]."""
+    reasons = []
+    for entry in entries:
+        if isinstance(entry, str):
+            reasons.append(entry)  # "always changed"
+            continue
+        for kind, changes in entry.items():
+            if isinstance(changes, dict):
+                listed = ", ".join(f"{path} ({change})" for path, change in changes.items())
+            else:
+                listed = str(changes)
+            reasons.append(f"{kind}: {listed}")
+    return reasons

@@ -52,7 +52,8 @@ def test_asset_graph_agrees_with_dvc_dag(tmp_path):
         for parent in graph.get(key).parent_keys
     }
     assert dagster_edges == dvc_edges
-    assert len(dvc_edges) == 10  # with train_classifier: prepare -> it -> evaluate
+    # with train_classifier (prepare -> it -> evaluate) and promote (after prepare, both models, evaluate)
+    assert len(dvc_edges) == 14
 
 
 def test_every_asset_has_an_owner():

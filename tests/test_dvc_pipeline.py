@@ -14,7 +14,7 @@ from cvae.config import load_params
 from cvae.figures import CAPTIONS
 from tests.conftest import BIN, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
 
-STAGES = ("download", "validate", "prepare", "train", "train_classifier", "evaluate", "visualize")
+STAGES = ("download", "validate", "prepare", "train", "train_classifier", "evaluate", "promote", "visualize")
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,9 @@ def stages_run(output):
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [
-        ("train", "beta", 0.5, {"train", "evaluate", "visualize"}),
+        ("train", "beta", 0.5, {"train", "evaluate", "promote", "visualize"}),
         ("visualize", "samples", 9, {"visualize"}),
-        ("classifier", "epochs", 2, {"train_classifier", "evaluate"}),
+        ("classifier", "epochs", 2, {"train_classifier", "evaluate", "promote"}),
     ],
 )
 def test_a_changed_param_reruns_its_stages_and_their_descendants_only(reproduced, section, key, value, expected):
@@ -165,7 +165,7 @@ def test_dvc_exp_run_with_a_param_and_exp_show(reproduced):
     try:
         # DVC's own environment (antlr 4.9, see DESIGN.md), the project's `cvae` on PATH
         ran = dvc(repo, "exp", "run", "-S", "train.beta=0.5", "-n", "beta-half")
-        assert stages_run(ran.stdout) == {"train", "evaluate", "visualize"}
+        assert stages_run(ran.stdout) == {"train", "evaluate", "promote", "visualize"}
         shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
         experiments = [exp for entry in shown for group in (entry.get("experiments") or [])
                        for exp in group["revs"]]
@@ -190,8 +190,9 @@ def test_push_wipe_and_pull_through_the_default_local_remote(reproduced):
     before = locked_outputs(repo)
     model_bytes = (repo / "models/cvae.keras").read_bytes()
     shutil.rmtree(repo / ".dvc" / "cache")
+    registered = sorted(path.name for path in (repo / "models/registry").iterdir())
     for output in ("data/raw", "data/prepared", "reports/validation", "reports/figures", "models/cvae.keras",
-                   "models/classifier.keras"):
+                   "models/classifier.keras", "models/registry"):
         target = repo / output
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     assert stale_stages(repo)  # the outputs are gone
@@ -199,3 +200,5 @@ def test_push_wipe_and_pull_through_the_default_local_remote(reproduced):
     assert stale_stages(repo) == set()
     assert locked_outputs(repo) == before
     assert (repo / "models/cvae.keras").read_bytes() == model_bytes
+    # the registry travels too: every model kept, with the gate's audit trail
+    assert sorted(path.name for path in (repo / "models/registry").iterdir()) == registered
