@@ -121,7 +121,8 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
         raise CvaeError(f"the seed (--seed) must be from 0 to 2**63 - 1, not {seed}")
     out_dir = Path(out_dir)
     _require_directory_target(out_dir)
-    model = load_model(model_path)
+    pinned = _pin(model_path)
+    model = load_model(pinned)
     check_attribute_names(settings, model.attribute_names)
     seed = int(np.random.default_rng().integers(SEED_LIMIT)) if seed is None else seed
     table = np.asarray(model.attribute_table)
@@ -129,7 +130,7 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
                                            np.random.default_rng(seed))
     faces = np.asarray(model.generate(conditions, seed=seed))
 
-    provenance = {"cvae:model": str(model_path), "cvae:seed": str(seed)}
+    provenance = {**_model_provenance(model_path, pinned), "cvae:seed": str(seed)}
     width = len(str(count - 1))
     files = {
         f"face-{index:0{width}d}.png": _png([face], {
@@ -157,7 +158,8 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
     _require_readable_image(image_path)
     if out_path.is_dir():
         raise CvaeError(f"{out_path}: is a directory; --out takes the path of the PNG to write")
-    model = load_model(model_path)
+    pinned = _pin(model_path)
+    model = load_model(pinned)
     names = model.attribute_names
     check_attribute_names(edits, names)
     crop = LARGEST_SQUARE if crop is None else crop
@@ -176,10 +178,26 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
         "cvae:attributes_before": _attributes_json(names, before),
         "cvae:attributes_after": _attributes_json(names, after),
         "cvae:attributes_from": f"{attributes_from} {attributes_path}",
-        "cvae:model": str(model_path),
+        **_model_provenance(model_path, pinned),
     })
     _write_file(out_path, png)
     return EditedFace(out_path, dict(zip(names, before.tolist())), dict(zip(names, after.tolist())))
+
+
+def _pin(model_path: str | Path) -> Path:
+    """The file behind `model_path` (models/production is a symlink that a promotion may
+    switch at any moment): the model is read from there, and its provenance names it."""
+    path = Path(model_path)
+    return path.resolve() if path.exists() else path
+
+
+def _model_provenance(model_path: str | Path, pinned: Path) -> dict[str, str]:
+    from cvae.registry import file_md5
+
+    chunks = {"cvae:model": str(model_path), "cvae:model_md5": file_md5(pinned)}
+    if pinned != Path(model_path).absolute():
+        chunks["cvae:model_file"] = str(pinned)  # e.g. the registry version behind models/production
+    return chunks
 
 
 def load_model(path: str | Path):

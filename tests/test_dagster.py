@@ -106,6 +106,34 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     assert judge["mean_accuracy"].value == json.loads((repo / "reports/classifier.json").read_text())["mean_accuracy"]
     checks = check_evaluations(result)
     assert {name: check.passed for name, check in checks.items()} == {VALIDATION_CHECK: True, WARNINGS_CHECK: True}
+    promotion = by_asset["production_model"].metadata
+    decision = json.loads((repo / "reports/promotion.json").read_text())
+    assert (promotion["decision"].value, promotion["reason"].value) == ("promoted", "no production model yet")
+    assert promotion["production_version"].value == decision["production"]
+    assert (repo / "models/production").resolve() == repo / "models/registry" / decision["production"]
+    assert model["dvc_reran"].value is True and model["dvc_run"].value.startswith("ran: ")
+
+    # the next night, nothing changed: every stage is skipped, and the metadata says so
+    again = dg.materialize(defs.assets, resources=resources(repo))
+    reran = {e.asset_key.to_user_string(): e.materialization.metadata["dvc_reran"].value
+             for e in again.get_asset_materialization_events()}
+    assert reran == dict.fromkeys(reran, False) and len(reran) == len(STAGE_ASSETS), reran
+    skipped = {e.asset_key.to_user_string(): e.materialization.metadata["dvc_run"].value
+               for e in again.get_asset_materialization_events()}["cvae_model"]
+    assert skipped.startswith("skipped: ")
+
+    # retrain.force: the model is trained again although nothing changed, and goes through the gate
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["retrain"]["force"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    forced = dg.materialize(defs.assets, resources=resources(repo))
+    by_asset = {e.asset_key.to_user_string(): e.materialization for e in forced.get_asset_materialization_events()}
+    assert by_asset["cvae_model"].metadata["dvc_run"].value == "ran: forced by retrain.force"
+    assert not by_asset["raw_images"].metadata["dvc_reran"].value
+    gate = by_asset["production_model"].metadata
+    assert gate["previous_production_version"].value == decision["production"]
+    assert {check["metric"] for check in gate["gate"].data} == set(params["retrain"]["gate"])
+    assert "challenger/fidelity/mean" in gate and "production/fidelity/mean" in gate
 
 
 def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path, synthetic_root):

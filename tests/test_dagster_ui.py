@@ -125,9 +125,25 @@ query LatestMaterialization($assetKey: AssetKeyInput!) {
           ... on PathMetadataEntry { path }
           ... on FloatMetadataEntry { floatValue }
           ... on IntMetadataEntry { intValue }
+          ... on TextMetadataEntry { text }
         }
       }
     }
+  }
+}
+"""
+
+
+# The state the daemon holds for the nightly schedule and the failure sensor (the UI's toggles).
+AUTOMATION_STATE = """
+query Automation($schedule: ScheduleSelector!, $sensor: SensorSelector!) {
+  scheduleOrError(scheduleSelector: $schedule) {
+    __typename
+    ... on Schedule { scheduleState { status } }
+  }
+  sensorOrError(sensorSelector: $sensor) {
+    __typename
+    ... on Sensor { sensorState { status } }
   }
 }
 """
@@ -305,6 +321,13 @@ def _assert_embeds_a_png(markdown: str) -> None:
 
 
 def test_materialize_all_in_the_ui_shows_figures_and_metrics(dagster_ui):
+    # left on by default: the daemon of a fresh `make ui` runs them without anyone switching them on
+    where = {"repositoryLocationName": dagster_ui.location, "repositoryName": dagster_ui.repository}
+    state = dagster_ui.query(AUTOMATION_STATE, schedule={**where, "scheduleName": "nightly_retrain"},
+                             sensor={**where, "sensorName": "record_run_failures"})
+    assert state["scheduleOrError"]["scheduleState"]["status"] == "RUNNING", state
+    assert state["sensorOrError"]["sensorState"]["status"] == "RUNNING", state
+
     run_id = _materialize_all(dagster_ui)
     run = _wait_for_run(dagster_ui, run_id)
     assert {"/".join(event["assetKey"]["path"]) for event in run["assetMaterializations"]} == ALL_ASSETS
@@ -324,6 +347,10 @@ def test_materialize_all_in_the_ui_shows_figures_and_metrics(dagster_ui):
     assert all(isinstance(value, float) for value in floats.values()), floats
     written = json.loads((dagster_ui.project / "reports/metrics.json").read_text())
     assert floats["mse"] == written["mse"] and floats["fidelity/mean"] == written["fidelity"]["mean"]
+
+    promotion = _latest_metadata(dagster_ui, "production_model", run_id)
+    assert promotion["decision"]["text"] == "promoted"
+    assert (dagster_ui.project / "models/production").resolve().name == promotion["production_version"]["text"]
 
     report = _latest_metadata(dagster_ui, "validation_report", run_id)["report"]
     assert report["__typename"] == "PathMetadataEntry"

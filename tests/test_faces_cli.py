@@ -297,7 +297,8 @@ def test_the_installed_command_reports_a_mistake_without_a_traceback(files, tmp_
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         return result.stderr.splitlines()[-1]  # TensorFlow may log lines of its own before it
 
-    truncated = installed_cvae("edit", files.truncated, "--set", "Smiling=1", "--out", tmp_path / "e.png")
+    truncated = installed_cvae("edit", files.truncated, "--set", "Smiling=1", "--model", files.model,
+                               "--classifier", files.classifier, "--out", tmp_path / "e.png")
     assert truncated.startswith(f"cvae edit: error: {files.truncated}: cannot read the image")
     misspelt = installed_cvae("generate", "--attr", "Smilng=1", "--model", files.model,
                               "--out", tmp_path / "faces")

@@ -252,3 +252,6 @@ def test_generate_uses_the_production_model_and_says_when_there_is_none(world, t
 
     with Image.open(tmp_path / "faces" / "face-1.png") as image:
         assert image.text["cvae:model"] == "models/production/cvae.keras"
+        # pinned to the version behind the link when it was read, with its MD5
+        assert image.text["cvae:model_file"] == str(version.model.resolve())
+        assert image.text["cvae:model_md5"] == registry.file_md5(world.first)
