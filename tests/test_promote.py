@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -227,8 +228,10 @@ def test_a_dangling_or_foreign_production_path_is_explained(world, tmp_path):
 
 def test_cli_lists_versions_and_rolls_back(world, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    one = registry.register("models/registry", world.first, world.classifier, {"neg_elbo_nats": 12.5}, {})
-    two = registry.register("models/registry", world.second, world.classifier, {"neg_elbo_nats": 11.0}, {})
+    one = registry.register("models/registry", world.first, world.classifier, {"neg_elbo_nats": 12.5}, {},
+                            now=datetime(2026, 11, 24, 2, 0, tzinfo=UTC))
+    two = registry.register("models/registry", world.second, world.classifier, {"neg_elbo_nats": 11.0}, {},
+                            now=datetime(2026, 11, 25, 2, 0, tzinfo=UTC))
     registry.set_production("models/production", two)
     assert main(["production", "--set", one.name]) == 0
     assert registry.production("models/production").name == one.name
