@@ -21,10 +21,17 @@ from cvae.errors import CvaeError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _check_source(params: Params, args: argparse.Namespace) -> None:
+    from cvae.source_check import check_source
+
+    check = check_source(params, args.out)
+    print(f"check-source: {check.describe()} -> {args.out}")
+
+
 def _download(params: Params, args: argparse.Namespace) -> None:
     from cvae.download import download
 
-    path = download(params, args.out)
+    path = download(params, args.out, args.source_check)
     print(f"download: raw dataset ready in {path}")
 
 
@@ -90,7 +97,15 @@ def _visualize(params: Params, args: argparse.Namespace) -> None:
 
 STAGES: dict[str, tuple[str, Callable, list[tuple[str, str, str]]]] = {
     # name: (help, function, [(option, default path, what it is)])
-    "download": ("fetch or generate the raw dataset", _download, [("--out", "data/raw", "raw dataset directory")]),
+    "check-source": ("fingerprint the data source (folder content, URL validators), so DVC reruns download"
+                     " only when it changed", _check_source, [
+        ("--out", "data/source.json", "where the fingerprint goes (rewritten only when it changed)"),
+    ]),
+    "download": ("fetch or generate the raw dataset", _download, [
+        ("--out", "data/raw", "raw dataset directory"),
+        ("--source-check", "data/source.json", "the fingerprint of check-source: a kept URL download that no"
+         " longer matches the server's is fetched again"),
+    ]),
     "validate": ("check the attribute table, partition and images with Great Expectations", _validate, [
         ("--raw", "data/raw", "raw dataset directory"),
         ("--report", "reports/validation", "where the report goes"),
@@ -278,6 +293,11 @@ def _production(args: argparse.Namespace) -> None:
     from cvae import registry
     from cvae.gate import flatten
 
+    if args.restore:
+        version = registry.last_decided(args.registry)
+        registry.set_production(args.production, version)
+        print(f"production: {args.production} -> {version.path} (the last gate decision)")
+        return
     if args.set:
         version = registry.Version(args.registry / args.set)
         if not version.model.is_file():
@@ -310,7 +330,10 @@ def _add_production(commands) -> None:
                     " or point the production link at another version (a rollback); the switch is one"
                     " atomic rename.",
         epilog="example: cvae production --set 20261124T020512Z-1a2b3c4d")
-    command.add_argument("--set", metavar="VERSION", help="make this registry version the production model")
+    choice = command.add_mutually_exclusive_group()
+    choice.add_argument("--set", metavar="VERSION", help="make this registry version the production model")
+    choice.add_argument("--restore", action="store_true",
+                        help="point the link where the last gate decision left it (after `dvc pull` on a new clone)")
     _add_path_option(command, "--registry", "models/registry", "the registry")
     _add_path_option(command, "--production", str(PRODUCTION), "the production link")
     command.set_defaults(run=_production)

@@ -18,6 +18,7 @@ it was.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import zipfile
@@ -62,7 +63,9 @@ LOCAL_COPY_ADVICE = (
 )
 
 
-def download(params: Params, raw_dir: str | Path) -> Path:
+def download(params: Params, raw_dir: str | Path, source_check: str | Path | None = None) -> Path:
+    """`source_check`: the record of `cvae check-source` (data/source.json); for a URL, a kept
+    download that no longer matches what the server reports is fetched again."""
     raw_dir = Path(raw_dir)
     data = params.data
     source = data.source
@@ -81,7 +84,7 @@ def download(params: Params, raw_dir: str | Path) -> Path:
             _refuse_checksum(checksum, source)
             _install_official_celeba(data, staging)
         elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
-            _install_url(source, checksum, data, staging)
+            _install_url(source, checksum, data, staging, _validators(source_check, source))
         else:
             _install_local(Path(source).expanduser(), checksum, data, staging)
     return raw_dir
@@ -116,13 +119,26 @@ def _install_official_celeba(data: DataParams, staging: Path) -> None:
     _install_archive(folder / CELEBA_FILES[-1].name, "celeba", data, staging, beside=folder)
 
 
-def _install_url(url: str, checksum: Checksum | None, data: DataParams, staging: Path) -> None:
+def _validators(source_check: str | Path | None, url: str) -> dict:
+    if source_check is None or not Path(source_check).is_file():
+        return {}
+    try:
+        record = json.loads(Path(source_check).read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise CvaeError(f"{source_check}: not valid JSON ({error}); run `cvae check-source` again") from None
+    if record.get("kind") != "url" or record.get("source") != url:
+        return {}  # a record of another source says nothing about this one
+    return {key: record[key] for key in ("etag", "last-modified", "sha256") if key in record}
+
+
+def _install_url(url: str, checksum: Checksum | None, data: DataParams, staging: Path,
+                 expected: dict | None = None) -> None:
     if urlparse(url).scheme not in ("http", "https"):
         raise CvaeError(f"data.source: {url}: only http:// and https:// URLs are supported")
     name = Path(unquote(urlparse(url).path)).name
     if name in ("", ".", ".."):
         name = "download.zip"
-    archive = fetch(url, Path(data.download_dir) / name, checksum)
+    archive = fetch(url, Path(data.download_dir) / name, checksum, expected)
     _install_archive(archive, url, data, staging)
 
 

@@ -2,10 +2,12 @@
 
 Bytes go to `<target>.part`, which is renamed onto `target` only when it is complete and
 matches the expected checksum, so `target` is always a whole file. Beside it,
-`<target>.download.json` records where the file came from (URL, ETag, size): a `.part`
-is resumed only for the URL that started it (with `If-Range`, so a file that changed on
-the server is fetched again from byte 0), and a later run trusts a finished file whose
-checksum, or else whose record, still matches, and does no network work at all.
+`<target>.download.json` records where the file came from (URL, ETag, Last-Modified,
+size): a `.part` is resumed only for the URL that started it (with `If-Range`, so a file
+that changed on the server is fetched again from byte 0), and a later run trusts a
+finished file whose checksum, or else whose record, still matches, and does no network
+work at all, unless `cvae check-source` saw the server report another ETag or
+Last-Modified (`expected`).
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ class _ConnectionLost(Exception):
     """The transfer stopped early; a retry resumes from what the `.part` file holds."""
 
 
-def fetch(url: str, target: Path, checksum: Checksum | None = None) -> Path:
-    """Make `target` a complete, verified copy of `url`, downloading only if needed."""
+def fetch(url: str, target: Path, checksum: Checksum | None = None, expected: dict | None = None) -> Path:
+    """Make `target` a complete, verified copy of `url`, downloading only if needed.
+
+    `expected`: what `cvae check-source` found on the server now ("etag", "last-modified"
+    or the content's "sha256"); a kept copy that no longer matches is fetched again."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if _is_verified_copy(url, target, checksum):
+    if _is_verified_copy(url, target, checksum) and _matches(target, expected or {}):
         return target
     if target.exists():
         print(f"download: {target} is not a verified copy of {url}; fetching it again", file=sys.stderr)
@@ -62,6 +67,19 @@ def _is_verified_copy(url: str, target: Path, checksum: Checksum | None) -> bool
         return checksum.of_file(target) == checksum
     record = _read_record(target)
     return record.get("url") == url and record.get("size") == target.stat().st_size
+
+
+def _matches(target: Path, expected: dict) -> bool:
+    # Only validators the check found are compared: a server that sends no ETag says
+    # nothing about one.
+    record = _read_record(target)
+    for validator in ("etag", "last-modified"):
+        if validator in expected and record.get(validator) != expected[validator]:
+            return False
+    if "sha256" in expected:  # a server without validators: the check hashed its content
+        wanted = Checksum("sha256", expected["sha256"])
+        return wanted.of_file(target) == wanted
+    return True
 
 
 def _download_with_retries(url: str, part: Path, target: Path) -> None:
@@ -94,9 +112,11 @@ def _transfer(url: str, part: Path, target: Path) -> None:
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-        etag = _read_record(target).get("etag")
-        if etag:
-            headers["If-Range"] = etag
+        # Either validator makes a server that changed the file send it whole from byte 0.
+        record = _read_record(target)
+        validator = record.get("etag") or record.get("last-modified")
+        if validator:
+            headers["If-Range"] = validator
     try:
         response = urlopen(Request(url, headers=headers), timeout=TIMEOUT_S)
     except HTTPError as error:
@@ -120,7 +140,8 @@ def _transfer(url: str, part: Path, target: Path) -> None:
         else:
             # A whole file (a server that ignores Range sends all of it again): start over.
             offset = 0
-            _write_record(target, {"url": url, "etag": response.headers.get("ETag")})
+            _write_record(target, {"url": url, "etag": response.headers.get("ETag"),
+                                   "last-modified": response.headers.get("Last-Modified")})
         length = response.headers.get("Content-Length", "")
         total = offset + int(length) if length.isdigit() else None
         with part.open("ab" if offset else "wb") as out, \

@@ -135,6 +135,19 @@ def record_decision(registry: str | Path, decision: dict) -> None:
         handle.write(json.dumps(decision, sort_keys=True) + "\n")
 
 
+def last_decided(registry: str | Path) -> Version:
+    """The version the last gate decision left in production (for a fresh clone after `dvc pull`)."""
+    path = Path(registry) / DECISIONS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    if not lines:
+        raise CvaeError(f"{path}: no gate decision recorded; run the pipeline first")
+    try:
+        name = json.loads(lines[-1])["production"]
+    except (ValueError, KeyError, TypeError):
+        raise CvaeError(f"{path}:{len(lines)}: not a decision record (expected JSON with 'production')") from None
+    return Version(Path(registry) / name)
+
+
 def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

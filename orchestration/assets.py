@@ -45,6 +45,10 @@ class StageAsset:
 
 
 STAGE_ASSETS = {
+    "check_source": StageAsset("source_fingerprint", "data", "A fingerprint of `data.source` (data/source.json): a "
+                               "folder's content hash, a URL's ETag or Last-Modified, the official CelebA MD5s. It is "
+                               "re-checked on every run; when it is unchanged, DVC skips download and everything "
+                               "after it."),
     "download": StageAsset("raw_images", "data", "The raw dataset in CelebA layout (data/raw): images, "
                            "list_attr_celeba.txt and list_eval_partition.txt, from `data.source`."),
     "validate": StageAsset("validation_report", "data", "Great Expectations report on the attribute table, "
@@ -156,6 +160,11 @@ def _figures_metadata(root: Path) -> dict:
     return metadata
 
 
+def _source_metadata(root: Path) -> dict:
+    record = json.loads((root / "data/source.json").read_text())
+    return {"fingerprint": dg.MetadataValue.json(record), "source_kind": record["kind"]}
+
+
 def _raw_metadata(root: Path) -> dict:
     from cvae.celeba import IMAGE_DIR
 
@@ -163,6 +172,7 @@ def _raw_metadata(root: Path) -> dict:
 
 
 DESCRIBE: dict[str, Callable[[Path], dict]] = {
+    "check_source": _source_metadata,
     "download": _raw_metadata,
     "validate": _validation_metadata,
     "prepare": _prepared_metadata,
@@ -188,6 +198,24 @@ def _run_metadata(changes: list[str], forced: bool) -> dict:
 def _lock_metadata(root: Path, stage: str) -> tuple[dict, dg.DataVersion]:
     hashes = recorded_outputs(root, stage)
     return {"dvc_stage": stage, "dvc_lock_md5": dg.MetadataValue.json(hashes)}, data_version(hashes)
+
+
+def _source_result(context: dg.AssetExecutionContext, dvc: DvcProject,
+                   pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    """Re-check the source (DVC runs this stage every time) and say whether it changed."""
+    fingerprint = dvc.root / "data/source.json"
+    before = fingerprint.read_bytes() if fingerprint.exists() else None
+    dvc.repro(context, pipes, "check_source")
+    changed = fingerprint.read_bytes() != before
+    summary = ("changed: download and the stages after it run again" if changed else
+               "unchanged: nothing to retrain (DVC's cache skips download and every stage after it)")
+    context.log.info(f"check_source: the data source is {summary}")
+    lock_metadata, version = _lock_metadata(dvc.root, "check_source")
+    return dg.MaterializeResult(
+        metadata={**_source_metadata(dvc.root), "source_changed": changed, "dvc_run": f"re-checked: {summary}",
+                  "dvc_reran": True, **lock_metadata},
+        data_version=version,
+    )
 
 
 def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
@@ -267,6 +295,8 @@ def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
                pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         if stage == "validate":
             return _validation_result(context, dvc, pipes_subprocess_client)
+        if stage == "check_source":
+            return _source_result(context, dvc, pipes_subprocess_client)
         force = stage == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
         run_metadata = _run_metadata(dvc.pending_changes(stage), force)
         context.log.info(f"{stage}: {run_metadata['dvc_run']}")

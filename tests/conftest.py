@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -71,6 +72,14 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([DVC, *args], repo, check=check)
+
+
+def dvc_changes(repo: Path, *stages: str) -> dict:
+    """`dvc status --json` without the source check, which is always changed by design
+    (it re-checks the source on every run)."""
+    status = json.loads(dvc(repo, "status", "--json", *stages).stdout)
+    assert status.pop("check_source", ["always changed"]) == ["always changed"], status
+    return status
 
 
 def make_dvc_repo(path: Path, params: dict) -> Path:

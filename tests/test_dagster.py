@@ -14,7 +14,7 @@ from orchestration.assets import OWNERS, STAGE_ASSETS, VALIDATION_CHECK, WARNING
 from orchestration.definitions import defs
 from orchestration.dvc_pipeline import DvcProject
 from orchestration.schedules import nightly_retrain
-from tests.conftest import BIN, DVC, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
+from tests.conftest import BIN, DVC, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
 # Wide prevalence bounds: 96 drawn faces may miss the default bounds by chance.
 WIDE = {"Male": [0.0, 1.0], "Smiling": [0.0, 1.0], "Eyeglasses": [0.0, 1.0]}
@@ -52,8 +52,9 @@ def test_asset_graph_agrees_with_dvc_dag(tmp_path):
         for parent in graph.get(key).parent_keys
     }
     assert dagster_edges == dvc_edges
-    # with train_classifier (prepare -> it -> evaluate) and promote (after prepare, both models, evaluate)
-    assert len(dvc_edges) == 14
+    # with check_source -> download, train_classifier (prepare -> it -> evaluate) and promote
+    # (after prepare, both models and evaluate)
+    assert len(dvc_edges) == 15
 
 
 def test_every_asset_has_an_owner():
@@ -88,7 +89,7 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     result = dg.materialize(defs.assets, resources=resources(repo))
     assert result.success
     assert materialized(result) == {spec.name for spec in STAGE_ASSETS.values()}
-    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+    assert dvc_changes(repo) == {}
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     by_asset = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
@@ -113,14 +114,19 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     assert (repo / "models/production").resolve() == repo / "models/registry" / decision["production"]
     assert model["dvc_reran"].value is True and model["dvc_run"].value.startswith("ran: ")
 
-    # the next night, nothing changed: every stage is skipped, and the metadata says so
+    assert by_asset["source_fingerprint"].metadata["source_changed"].value is True  # the first check
+
+    # the next night, nothing changed: the source is re-checked, every other stage is skipped,
+    # and the metadata says so
     again = dg.materialize(defs.assets, resources=resources(repo))
-    reran = {e.asset_key.to_user_string(): e.materialization.metadata["dvc_reran"].value
-             for e in again.get_asset_materialization_events()}
-    assert reran == dict.fromkeys(reran, False) and len(reran) == len(STAGE_ASSETS), reran
-    skipped = {e.asset_key.to_user_string(): e.materialization.metadata["dvc_run"].value
-               for e in again.get_asset_materialization_events()}["cvae_model"]
-    assert skipped.startswith("skipped: ")
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in again.get_asset_materialization_events()}
+    assert len(metadata) == len(STAGE_ASSETS)
+    source = metadata.pop("source_fingerprint")
+    assert source["source_changed"].value is False
+    assert source["dvc_run"].value.startswith("re-checked: unchanged: nothing to retrain")
+    reran = {asset: entries["dvc_reran"].value for asset, entries in metadata.items()}
+    assert reran == dict.fromkeys(reran, False), reran
+    assert metadata["cvae_model"]["dvc_run"].value.startswith("skipped: ")
 
     # retrain.force: the model is trained again although nothing changed, and goes through the gate
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -151,14 +157,14 @@ def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path,
     assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.ERROR)
     failed = check.metadata["failed_expectations"].data
     assert any(f["column"] == "5_o_Clock_Shadow" and f["examples"] == ["000001.jpg: 7"] for f in failed)
-    assert materialized(result) == {"raw_images", "validation_report"}
+    assert materialized(result) == {"source_fingerprint", "raw_images", "validation_report"}
     assert not (repo / "data/prepared").exists() and not (repo / "models/cvae.keras").exists()
 
 
 def test_a_prevalence_warning_fails_the_warning_check_and_downstream_still_runs(tmp_path):
     shifted = {**WIDE, "Male": [0.95, 1.0]}  # as if the nightly delivery had lost most men
     repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": shifted}))
-    selection = dg.AssetSelection.assets("raw_images", "validation_report", "prepared_images")
+    selection = dg.AssetSelection.assets("source_fingerprint", "raw_images", "validation_report", "prepared_images")
 
     result = dg.materialize(defs.assets, selection=selection, resources=resources(repo))
     assert result.success
@@ -168,5 +174,5 @@ def test_a_prevalence_warning_fails_the_warning_check_and_downstream_still_runs(
     assert (warning.passed, warning.severity) == (False, dg.AssetCheckSeverity.WARN)
     [male] = warning.metadata["warnings"].data
     assert male["column"] == "Male" and male["observed"] == warning.metadata["attribute_shares"].data["Male"]
-    assert materialized(result) == {"raw_images", "validation_report", "prepared_images"}
+    assert materialized(result) == {"source_fingerprint", "raw_images", "validation_report", "prepared_images"}
     assert (repo / "data/prepared/meta.json").exists()

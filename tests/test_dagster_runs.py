@@ -14,10 +14,10 @@ from orchestration.assets import STAGE_ASSETS
 from orchestration.definitions import defs
 from orchestration.dvc_pipeline import DvcProject
 from orchestration.schedules import FAILURE_LOG, record_run_failures
-from tests.conftest import BIN, PROJECT, dvc, make_dvc_repo, stage_env, tiny_params_dict
+from tests.conftest import BIN, PROJECT, dvc_changes, make_dvc_repo, stage_env, tiny_params_dict
 from tests.test_dagster import WIDE, resources
 
-DATA_ASSETS = [STAGE_ASSETS[stage].name for stage in ("download", "validate", "prepare")]
+DATA_ASSETS = [STAGE_ASSETS[stage].name for stage in ("check_source", "download", "validate", "prepare")]
 
 
 def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
@@ -39,6 +39,10 @@ def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tm
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT / "orchestration/dagster.yaml", home / "dagster.yaml")  # the pools of `make ui`
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        # the instance's tables exist before the runs start, as under `make ui`: two processes
+        # creating a fresh SQLite store at once race each other ("table ... already exists")
+        instance.upgrade()
     env = {**stage_env(), "DAGSTER_HOME": str(home), "CVAE_PROJECT_DIR": str(repo)}
     command = [str(BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
                "--select", ",".join(DATA_ASSETS)]
@@ -61,8 +65,7 @@ def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tm
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end, f"steps of the two runs overlapped: {spans}"
     # and DVC's workspace is what dvc.lock says: every output whole and recorded
-    status = json.loads(dvc(repo, "status", "--json", "download", "validate", "prepare").stdout)
-    assert {stage: changes for stage, changes in status.items() if changes != ["always changed"]} == {}
+    assert dvc_changes(repo, "check_source", "download", "validate", "prepare") == {}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert {"download", "validate", "prepare"} <= set(lock)
 
@@ -70,7 +73,7 @@ def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tm
 def test_a_failed_run_is_appended_to_the_failure_log(tmp_path):
     repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(data={"source": str(tmp_path / "no-such-folder")}))
     with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(defs.assets, selection=dg.AssetSelection.assets(STAGE_ASSETS["download"].name),
+        result = dg.materialize(defs.assets, selection=dg.AssetSelection.assets(STAGE_ASSETS["check_source"].name),
                                 resources=resources(repo), instance=instance, raise_on_error=False)
         assert not result.success
         run = instance.get_run_by_id(result.run_id)
@@ -85,7 +88,7 @@ def test_a_failed_run_is_appended_to_the_failure_log(tmp_path):
     assert len(lines) == 2
     entry = json.loads(lines[0])
     assert entry["run_id"] == result.run_id
-    assert entry["failed_steps"] == [STAGE_ASSETS["download"].name]
+    assert entry["failed_steps"] == [STAGE_ASSETS["check_source"].name]
     assert entry["job"] == result.job_def.name
     assert entry["error"]  # Dagster's one-line summary of the failure
 

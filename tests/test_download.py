@@ -341,6 +341,21 @@ def test_a_cut_that_cannot_be_resumed_fails_clearly_then_the_next_run_resumes(tm
     assert files_of(raw) == files_of(celeba_dir)
 
 
+def test_a_partial_file_of_a_file_since_changed_is_not_resumed_by_last_modified(tmp_path):
+    # A server without ETag: If-Range carries Last-Modified, so the new file comes whole.
+    old, new = b"o" * 3000, b"n" * 3000
+    files = {"/data.bin": Served(old, last_modified="Mon, 03 Nov 2025 02:00:00 GMT")}
+    target = tmp_path / "downloads" / "data.bin"
+    with FileServer(files, send_etag=False, cut_after=1000, cuts=None, honour_range=False) as server:
+        with pytest.raises(CvaeError, match="download failed"):
+            cvae.fetch.fetch(server.url("/data.bin"), target)
+        server.cut_after, server.honour_range = None, True  # the line is good again
+        server.files["/data.bin"] = Served(new, last_modified="Tue, 04 Nov 2025 02:00:00 GMT")
+        cvae.fetch.fetch(server.url("/data.bin"), target)
+    assert server.requests[-1][1]["If-Range"] == "Mon, 03 Nov 2025 02:00:00 GMT"
+    assert target.read_bytes() == new  # not the old file's first 1000 bytes and the rest of the new one
+
+
 def test_a_partial_file_from_another_url_is_not_resumed(tmp_path, raw, celeba_zip):
     body = celeba_zip.read_bytes()
     downloads = tmp_path / "downloads"

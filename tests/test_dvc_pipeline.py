@@ -12,9 +12,11 @@ from PIL import Image
 
 from cvae.config import load_params
 from cvae.figures import CAPTIONS
-from tests.conftest import BIN, PROJECT, dvc, make_dvc_repo, run, tiny_params_dict
+from tests.conftest import BIN, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
-STAGES = ("download", "validate", "prepare", "train", "train_classifier", "evaluate", "promote", "visualize")
+STAGES = ("check_source", "download", "validate", "prepare", "train", "train_classifier", "evaluate", "promote",
+          "visualize")
+ALWAYS = "check_source"  # re-checks the source on every run (always_changed); the rest follow its output
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def reproduced(tmp_path_factory):
 
 
 def stale_stages(repo):
-    return set(json.loads(dvc(repo, "status", "--json").stdout))
+    return set(dvc_changes(repo))
 
 
 def test_repro_runs_every_stage_and_writes_the_outputs(reproduced):
@@ -62,12 +64,19 @@ def test_status_is_clean_and_a_second_repro_runs_nothing(reproduced):
     repo, _ = reproduced
     assert stale_stages(repo) == set()
     second = dvc(repo, "repro")
-    assert "Running stage" not in second.stdout
+    assert stages_run(second.stdout) == {ALWAYS}  # the source re-checked, found unchanged: nothing else
     assert stale_stages(repo) == set()
 
 
 def stages_run(output):
     return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def stages_rerun(output):
+    """The stages a repro ran beyond the source check, which runs every time."""
+    ran = stages_run(output)
+    assert ALWAYS in ran
+    return ran - {ALWAYS}
 
 
 @pytest.mark.parametrize(
@@ -86,7 +95,7 @@ def test_a_changed_param_reruns_its_stages_and_their_descendants_only(reproduced
     params[section][key] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        assert stages_run(dvc(repo, "repro").stdout) == expected
+        assert stages_rerun(dvc(repo, "repro").stdout) == expected
     finally:
         path.write_text(original)
         dvc(repo, "repro")  # back to the original outputs (from DVC's run cache)
@@ -165,7 +174,7 @@ def test_dvc_exp_run_with_a_param_and_exp_show(reproduced):
     try:
         # DVC's own environment (antlr 4.9, see DESIGN.md), the project's `cvae` on PATH
         ran = dvc(repo, "exp", "run", "-S", "train.beta=0.5", "-n", "beta-half")
-        assert stages_run(ran.stdout) == {"train", "evaluate", "promote", "visualize"}
+        assert stages_rerun(ran.stdout) == {"train", "evaluate", "promote", "visualize"}
         shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
         experiments = [exp for entry in shown for group in (entry.get("experiments") or [])
                        for exp in group["revs"]]
@@ -202,3 +211,22 @@ def test_push_wipe_and_pull_through_the_default_local_remote(reproduced):
     assert (repo / "models/cvae.keras").read_bytes() == model_bytes
     # the registry travels too: every model kept, with the gate's audit trail
     assert sorted(path.name for path in (repo / "models/registry").iterdir()) == registered
+
+
+def test_a_changed_source_folder_reruns_download_and_an_unchanged_one_does_not(tmp_path, synthetic_root):
+    delivery = tmp_path / "delivery"
+    shutil.copytree(synthetic_root, delivery)
+    settings = tiny_params_dict(data={"source": str(delivery)})
+    settings["validate"]["prevalence"] = {}  # 48 faces: the bounds are not the point here
+    repo = make_dvc_repo(tmp_path / "project", settings)
+    assert {"download", "validate", "prepare"} <= stages_rerun(dvc(repo, "repro", "prepare").stdout)
+    # the next night, the same files: the source is re-checked and nothing else runs
+    assert stages_rerun(dvc(repo, "repro", "prepare").stdout) == set()
+    # one image re-saved with other bytes (same name, same size class): the delivery changed
+    image = sorted((delivery / "img_align_celeba").iterdir())[0]
+    with Image.open(image) as face:
+        face.rotate(180).save(image, quality=90)
+    rerun = stages_rerun(dvc(repo, "repro", "prepare").stdout)
+    assert {"download", "validate", "prepare"} <= rerun, rerun
+    record = json.loads((repo / "data/source.json").read_text())
+    assert (record["kind"], record["files"]) == ("directory", sum(1 for p in delivery.rglob("*") if p.is_file()))

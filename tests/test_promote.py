@@ -240,6 +240,11 @@ def test_cli_lists_versions_and_rolls_back(world, tmp_path, capsys, monkeypatch)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"* {one.name}") and "neg_elbo_nats 12.5" in lines[0]
     assert lines[1].startswith(f"  {two.name}")
+    # a fresh clone after `dvc pull`: the registry came, the link did not
+    registry.record_decision("models/registry", {"decision": "promoted", "production": two.name})
+    Path("models/production").unlink()
+    assert main(["production", "--restore"]) == 0
+    assert registry.production("models/production").name == two.name
     assert main(["production", "--set", "nope"]) == 1
     assert f"no version 'nope' (registered: {one.name}, {two.name})" in capsys.readouterr().err
 
