@@ -51,6 +51,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 # Speed and memory, measured side by side (benchmarks/): figures, not pass/fail.
 bench: setup $(VENV)/.bench-installed
 	$(VENV)/bin/python benchmarks/data_pipeline.py
+	$(VENV)/bin/python benchmarks/training_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DVC_VENV)

@@ -84,6 +84,7 @@ def register(registry: str | Path, model: Path, classifier: Path, metrics: dict,
         raise CvaeError(f"{final}: a registry version of this name exists already; versions are never replaced")
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=registry))
     try:
+        _chmod_as_mkdir(staging)
         shutil.copyfile(model, staging / MODEL_FILE)
         shutil.copyfile(classifier, staging / CLASSIFIER_FILE)
         _write_json(staging / METRICS_FILE, metrics)
@@ -146,6 +147,14 @@ def last_decided(registry: str | Path) -> Version:
     except (ValueError, KeyError, TypeError):
         raise CvaeError(f"{path}:{len(lines)}: not a decision record (expected JSON with 'production')") from None
     return Version(Path(registry) / name)
+
+
+def _chmod_as_mkdir(folder: Path) -> None:
+    """mkdtemp makes a folder only its owner can read; a version folder gets the modes
+    a plain mkdir would (the umask's), so the team can read the models."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
 
 
 def _write_json(path: Path, content: dict) -> None:

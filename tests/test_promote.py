@@ -187,6 +187,12 @@ def test_a_gate_naming_an_unknown_metric_fails_before_anything_is_written(world,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
+def test_a_version_folder_gets_the_modes_of_a_plain_folder(world, tmp_path):
+    version = registry.register(tmp_path / "registry", world.first, world.classifier, {}, {})
+    (tmp_path / "plain").mkdir()
+    assert version.path.stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
 def test_a_failed_registration_leaves_no_version_behind(world, tmp_path):
     with pytest.raises(FileNotFoundError):
         registry.register(tmp_path / "registry", world.first, tmp_path / "missing.keras", {}, {})
