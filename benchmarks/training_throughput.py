@@ -1,0 +1,546 @@
+"""Training speed, measured side by side in one run (figures, not pass/fail).
+
+1. Training throughput (images/s of the training loop, compile and warm-up excluded) of the
+   default model at 64 px (params.yaml's `train` section, steer term and XCov included),
+   on CelebA-sized synthetic JPEGs (178x218):
+   (a) the original tutorial's way: plain `model.fit` on a `keras.utils.PyDataset` that, per
+       batch, reads each JPEG with scikit-image, centre-crops 148 and resizes it to 64 px
+       (one process, no workers; XLA off);
+   (b) the project's training path: the prepared uint8 shards through `cvae.dataset.tf_dataset`
+       as `cvae.train` streams them, the same model and optimizer, with XLA off (what `train`
+       does on a CPU) and on (`jit_compile=True`).
+   The contenders take turns, round after round; each one's median round counts.
+2. FLOPs per training image of the real `train_step` (forward, backward, and the steer
+   term's second decode and two critic passes), counted on its traced TensorFlow graph.
+3. The peak FLOP/s of this machine (a large float32 matrix product in TensorFlow, all
+   cores), measured in every round, and the share of it each contender reaches.
+4. Peak RSS and wall time of real `cvae train` (one epoch) and `cvae evaluate` subprocesses
+   on the synthetic set's 4,000 images and on ten times as many (the same faces repeated),
+   everything else identical: the default model, but at 32 px (`--memory-image-size`), so
+   that the 40,000-image epoch fits the run's time on 2 cores. A control trains on the
+   4,000 images for as many steps as the 40,000 images' epoch: images or steps?
+
+    .venv/bin/python benchmarks/training_throughput.py                  # the full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/training_throughput.py --quick          # smaller, for a smoke run
+    .venv/bin/python benchmarks/training_throughput.py --json out.json  # also dump every figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, Attributes, load_attributes, write_attributes
+from cvae.config import load_params
+from cvae.parallel import usable_cores
+from cvae.prepare import prepare
+from cvae.synthetic import generate, image_id
+from cvae.validation import validate
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as `cvae` does: no CUDA probing chatter
+
+PROJECT = Path(__file__).resolve().parent.parent
+CVAE = str(Path(sys.executable).parent / "cvae")
+SETTINGS = ["validate.prevalence={}"]  # the synthetic faces need no prevalence bounds here
+# the memory runs: one epoch, a one-epoch classifier for evaluate to judge with
+MEMORY_SETTINGS = [*SETTINGS, "train.epochs=1", "classifier.epochs=1"]  # and data.image_size
+QUICK_SETTINGS = ["evaluate.fidelity_samples=32", "evaluate.edit_images=32"]  # --quick: a shorter evaluate
+# the peak: square float32 products; the best size counts (4096, a power of two, runs at
+# half the speed of 3072 here: cache-set aliasing)
+MATMUL_SIDES = (2048, 3072, 4096)
+MATMUL_REPEATS = 2  # of each size per round; the best one counts for the round
+CONTENDERS = {
+    "tutorial": "(a) tutorial: fit on a PyDataset, skimage read+resize per batch, XLA off",
+    "shards": "(b) prepared shards + tf_dataset, XLA off (train on a CPU today)",
+    "shards_xla": "(b) prepared shards + tf_dataset, XLA on (jit_compile=True)",
+}
+
+
+# --- data ---------------------------------------------------------------------------------
+
+def repeated_faces(source: Path, target: Path, images: int) -> None:
+    """`images` JPEGs in CelebA layout: hard links to `source`'s files in turn, with their
+    attribute rows (no partition file: `prepare` draws the split from the seed)."""
+    base = load_attributes(source / ATTRIBUTE_FILE)
+    (target / IMAGE_DIR).mkdir(parents=True)
+    ids = [image_id(index) for index in range(images)]
+    for index, name in enumerate(ids):
+        os.link(source / IMAGE_DIR / base.image_ids[index % len(base.image_ids)], target / IMAGE_DIR / name)
+    rows = np.arange(images) % len(base.image_ids)
+    write_attributes(target / ATTRIBUTE_FILE, Attributes(ids, base.names, base.values[rows]))
+
+
+def validated_and_prepared(params, raw: Path, out: Path) -> Path:
+    start = time.perf_counter()
+    if not validate(params, raw, out / "validation").success:
+        raise SystemExit(f"the synthetic set in {raw} failed validation ({out / 'validation'})")
+    prepare(params, raw, out / "validation", out / "prepared")
+    print(f"  {raw.name}: validated and prepared at {params.data.image_size} px in"
+          f" {time.perf_counter() - start:.0f} s", flush=True)
+    return out / "prepared"
+
+
+def make_data(work: Path, base_images: int, sizes: list[int],
+              memory_settings: list[str]) -> tuple[Path, Path, dict[int, Path]]:
+    """The synthetic faces (raw) and their shards at 64 px for the throughput, and per size
+    of the memory runs a set repeating them, prepared with `memory_settings`.
+
+    Runs before TensorFlow is imported: `prepare` forks its workers."""
+    params = load_params(PROJECT / "params.yaml", SETTINGS)
+    faces = work / "faces"
+    generate(faces, num_images=base_images, seed=params.seed, val_fraction=params.data.val_fraction,
+             test_fraction=params.data.test_fraction)
+    prepared = validated_and_prepared(params, faces, work / "faces-out")
+    memory_params = load_params(PROJECT / "params.yaml", memory_settings)
+    sets = {}
+    for images in sizes:
+        repeated_faces(faces, work / f"raw-{images}", images)
+        sets[images] = validated_and_prepared(memory_params, work / f"raw-{images}", work / f"out-{images}")
+    return faces, prepared, sets
+
+
+# --- 1. throughput ------------------------------------------------------------------------
+
+def tutorial_image(path: str, crop: int, size: int) -> np.ndarray:
+    """The original tutorial's way: imread the file, centre crop, resize with scikit-image."""
+    from skimage.io import imread
+    from skimage.transform import resize
+
+    image = imread(path)
+    top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+    return resize(image[top:top + crop, left:left + crop], (size, size))
+
+
+def tutorial_batches(paths: list[str], attributes: np.ndarray, batch_size: int, crop: int, size: int):
+    """The tutorial's per-batch loader as a Keras 3 PyDataset (one process, no workers)."""
+    import keras
+
+    class TutorialBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+
+        def __len__(self):
+            return len(paths) // batch_size
+
+        def __getitem__(self, index):
+            rows = slice(index * batch_size, (index + 1) * batch_size)
+            images = np.stack([tutorial_image(path, crop, size) for path in paths[rows]])
+            return images.astype(np.float32), attributes[rows]
+
+    return TutorialBatches()
+
+
+def step_clock():
+    """A callback that notes when each training step ends."""
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    return StepClock()
+
+
+def timed_fit(model, data, batch_size: int, warmup: int, steps: int) -> float:
+    """Images/s of `steps` training steps of `model.fit`, after `warmup` steps (the first
+    call's trace and compile among them) that the clock does not count."""
+    clock = step_clock()
+    model.fit(data, epochs=1, steps_per_epoch=warmup + steps, shuffle=False, verbose=0, callbacks=[clock])
+    return steps * batch_size / (clock.ends[warmup + steps - 1] - clock.ends[warmup - 1])
+
+
+def matmul_operands() -> dict:
+    """A pair of random square float32 matrices per size, their product run once (the kernel
+    chosen and the pages touched before any clock)."""
+    import tensorflow as tf
+
+    operands = {}
+    for side in MATMUL_SIDES:
+        operands[side] = tf.random.normal((side, side), seed=1), tf.random.normal((side, side), seed=2)
+        tf.matmul(*operands[side])[0, 0].numpy()
+    return operands
+
+
+def matmul_flops(operands: dict) -> dict[int, float]:
+    """FLOP/s of a float32 matrix product on all cores, per size, the best of a few."""
+    import tensorflow as tf
+
+    rates = {}
+    for side, (a, b) in operands.items():
+        best = math.inf
+        for _ in range(MATMUL_REPEATS):
+            start = time.perf_counter()
+            tf.matmul(a, b)[0, 0].numpy()  # eager CPU ops finish before returning; the read makes sure
+            best = min(best, time.perf_counter() - start)
+        rates[side] = 2 * side**3 / best
+    return rates
+
+
+def compiled_models(params, split, jit_flags: dict[str, bool]) -> dict:
+    """One default model per contender, built and compiled the way `cvae.train.train` does."""
+    from cvae.train import _new_model, make_optimizer
+
+    steps_per_epoch = math.ceil(len(split) / params.train.batch_size)
+    models = {}
+    for key, jit_compile in jit_flags.items():
+        model = _new_model(params, split, steps_per_epoch)
+        model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile)
+        models[key] = model
+    return models
+
+
+def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) -> dict:
+    import tensorflow as tf
+
+    from cvae.dataset import load_split
+    from cvae.train import _training_batches, seed_everything
+
+    params = load_params(PROJECT / "params.yaml", SETTINGS)
+    p = params.train
+    seed_everything(params.seed)  # as train does (op determinism included), for every contender
+    split = load_split(prepared, "train")
+    paths = [str(raw / IMAGE_DIR / name) for name in split.image_ids]
+    for path in paths:  # the page cache warm, so that the tutorial reads from memory as the shards do
+        Path(path).read_bytes()
+    attributes = np.asarray(split.attributes, dtype=np.float32)
+    if len(split) // p.batch_size < warmup + steps:
+        raise SystemExit(f"{len(split)} training images are too few for {warmup + steps} batches")
+    models = compiled_models(params, split, {"tutorial": False, "shards": False, "shards_xla": True})
+    data = {
+        "tutorial": tutorial_batches(paths, attributes, p.batch_size, params.data.crop,
+                                     params.data.image_size),
+        "shards": _training_batches(split, p, params.seed, first_epoch=0),  # what train streams
+    }
+    data["shards_xla"] = data["shards"]
+    operands = matmul_operands()
+    results = {key: [] for key in CONTENDERS}
+    matmul = {side: [] for side in MATMUL_SIDES}
+    for turn in range(rounds):
+        for key in CONTENDERS:
+            results[key].append(timed_fit(models[key], data[key], p.batch_size, warmup, steps))
+        for side, rate in matmul_flops(operands).items():
+            matmul[side].append(rate)
+        print(f"  round {turn + 1}/{rounds}: " + ", ".join(f"{key} {values[-1]:.0f}" for key, values in
+                                                            results.items())
+              + " images/s; matmul " + ", ".join(f"{side}: {values[-1] / 1e9:.0f}" for side, values in
+                                                  matmul.items()) + " GFLOP/s", flush=True)
+    matmul_median = {side: float(np.median(values)) for side, values in matmul.items()}
+    round_peaks = [max(values[turn] for values in matmul.values()) for turn in range(rounds)]
+    return {
+        "images_per_s": {key: float(np.median(values)) for key, values in results.items()},
+        "rounds_images_per_s": results,
+        "peak_flops": max(matmul_median.values()),  # the best size's median round
+        "matmul_flops": matmul_median,
+        "rounds_matmul_flops": matmul,
+        "rounds_peak_flops": round_peaks,  # the best size in each round
+        "warmup_steps": warmup, "timed_steps": steps, "batch_size": p.batch_size, "rounds": rounds,
+        "image_size": params.data.image_size,
+        "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                       "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+        "models": models,  # for the FLOP count; not dumped
+    }
+
+
+# --- 2. FLOPs -----------------------------------------------------------------------------
+
+def graph_flops(graph) -> tuple[float, float, Counter]:
+    """FLOPs of a traced graph by TensorFlow's per-op statistics (the registry that
+    `tf.compat.v1.profiler`'s float_operation() sums): (executed, all ops, executed by op type).
+
+    Executed: the ops the function runtime keeps, those that its outputs or its side effects
+    (variable updates) depend on. The gradient of each op is written for all its inputs, so
+    the graph also holds gradients no one reads (a first layer's input gradient, the critic's
+    weights' gradient through the edited faces), which the runtime prunes."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.profiler.internal import flops_registry  # noqa: F401 (registers the counts)
+
+    live, stack = set(), [tensor.op for tensor in graph.outputs] + list(graph.control_outputs)
+    while stack:
+        op = stack.pop()
+        if op.name not in live:
+            live.add(op.name)
+            stack.extend(tensor.op for tensor in op.inputs)
+            stack.extend(op.control_inputs)
+    executed, total = Counter(), 0.0
+    for op in graph.get_operations():
+        try:
+            flops = ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+        except (ValueError, TypeError):  # an op whose shape the count needs is unknown
+            flops = 0
+        total += flops
+        if op.name in live:
+            executed[op.type] += flops
+    return float(sum(executed.values())), total, executed
+
+
+def conv_macs(network) -> list[int]:
+    """Multiply-adds of each convolution of `network`, in order, per image (forward)."""
+    import keras
+
+    macs = []
+    for layer in network.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            k_h, k_w, c_in, c_out = layer.kernel.shape
+            # a transposed conv spreads each input pixel over k*k outputs: count on its input side
+            transposed = isinstance(layer, keras.layers.Conv2DTranspose)
+            side = layer.input.shape if transposed else layer.output.shape
+            macs.append(side[1] * side[2] * k_h * k_w * c_in * c_out)
+    return macs
+
+
+def flops_per_image(model, batch_size: int, image_size: int) -> dict:
+    import tensorflow as tf
+
+    specs = (tf.TensorSpec((batch_size, image_size, image_size, 3), tf.float32),
+             tf.TensorSpec((batch_size, model.n_attributes), tf.float32))
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # no variables may be made while tracing
+    step = tf.function(lambda images, condition: model.train_step((images, condition)))
+    executed, total, by_type = graph_flops(step.get_concrete_function(*specs).graph)
+    forward = tf.function(lambda images, condition: model([images, condition]))
+    inference, _, _ = graph_flops(forward.get_concrete_function(*specs).graph)
+    # the check by hand, convolutions only: a layer's forward pass (f), its input gradient
+    # (f) and its weight gradient (f), where the step needs them. The encoder: 3f but its first
+    # layer's input gradient; both decodes (reconstruction, steer edit): 3f; the critic on the
+    # edited faces: forward and input gradient (its weights learn from real faces only); the
+    # critic on real faces: 3f but its first layer's input gradient.
+    encoder, decoder, critic = (conv_macs(net) for net in (model.encoder, model.decoder, model.critic))
+    by_hand = (3 * sum(encoder) - encoder[0] + 2 * 3 * sum(decoder) + 2 * sum(critic)
+               + 3 * sum(critic) - critic[0])
+    conv_types = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")
+    return {
+        "executed": executed / batch_size,
+        "graph_total": total / batch_size,
+        "executed_conv": sum(by_type[name] for name in conv_types) / batch_size,
+        "executed_matmul": by_type["MatMul"] / batch_size,
+        "analytic_conv": 2 * by_hand,
+        "inference_forward": inference / batch_size,
+        "method": "TensorFlow's per-op FLOP statistics (the registry tf.compat.v1.profiler's"
+                  " float_operation() sums) over the traced graph of the model's train_step on a"
+                  f" batch of {batch_size}, counting the ops the runtime executes",
+    }
+
+
+# --- 4. memory ----------------------------------------------------------------------------
+
+def peak_rss(command: list[str], cwd: Path) -> tuple[float, float]:
+    """Run `command`; return (wall seconds, peak RSS in MiB).
+
+    The peak is the kernel's own high-water mark of the process's resident memory (VmHWM,
+    which exec starts afresh), read every 20 ms: only growth in its last 20 ms could be
+    missed. (wait4's ru_maxrss would not do: it keeps the high-water mark of the forked copy
+    of this process, TensorFlow and all, from before the exec.)"""
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errors)
+        status, peak_kib = Path(f"/proc/{process.pid}/status"), 0  # Popen returns once exec is done
+        while process.poll() is None:
+            try:
+                high_water = re.search(r"^VmHWM:\s+(\d+) kB", status.read_text(), re.MULTILINE)
+            except OSError:  # exited between poll and read
+                high_water = None
+            if high_water:  # None once it is a zombie (its memory is gone)
+                peak_kib = max(peak_kib, int(high_water.group(1)))
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        if process.returncode:
+            errors.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{errors.read().decode(errors='replace')[-4000:]}")
+    return seconds, peak_kib / 1024
+
+
+def memory(work: Path, sets: dict[int, Path], memory_settings: list[str]) -> list[dict]:
+    shutil.copy(PROJECT / "params.yaml", work / "params.yaml")  # the `cvae` runs' cwd is work/
+    settings = [argument for setting in memory_settings for argument in ("--set", setting)]
+    smallest, largest = min(sets), max(sets)
+    classifier = sets[smallest].parent / "classifier.keras"
+    rows = []
+    for images, prepared in sorted(sets.items()):
+        out = prepared.parent
+        train = ["train", "--prepared", prepared, "--model", out / "cvae.keras", "--history", out / "train",
+                 "--checkpoints", out / "checkpoints", *settings]
+        runs = [("train, 1 epoch", train)]
+        if images == smallest:
+            # one judge for every size: trained once, on the smallest set
+            runs.append(("train-classifier, 1 epoch", [
+                "train-classifier", "--prepared", prepared, "--model", classifier,
+                "--report", out / "classifier.json", *settings]))
+        runs.append(("evaluate", ["evaluate", "--prepared", prepared, "--model", out / "cvae.keras",
+                                  "--classifier", classifier, "--metrics", out / "metrics.json", *settings]))
+        if images == smallest and largest > smallest:
+            # the control: as many steps as the largest set's epoch, on the fewest images (the last
+            # --set of a key wins; no early stopping, which could end it sooner); a peak like the
+            # largest set's means memory follows the steps taken (allocator growth), not the images
+            epochs = largest // smallest
+            runs.append((f"train, {epochs} epochs (control)", [
+                *train, "--set", f"train.epochs={epochs}", "--set", "train.early_stopping_patience=0"]))
+        for stage, arguments in runs:
+            seconds, mib = peak_rss([CVAE, *map(str, arguments)], work)
+            rows.append({"images": images, "stage": stage, "seconds": seconds, "peak_rss_mib": mib})
+            print(f"  {images:>7,} images  {stage:<28} {seconds:6.1f} s  {mib:7.0f} MiB", flush=True)
+    return rows
+
+
+# --- the report ---------------------------------------------------------------------------
+
+def machine() -> dict:
+    import keras
+    import tensorflow as tf
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    memory_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    return {"cpu": cpu, "cores": usable_cores(), "memory_gib": memory_gib,
+            "python": sys.version.split()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
+            "load_average": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_report(report: dict, memory_params) -> None:
+    about, speed, flops, memory_rows = (report[key] for key in ("machine", "throughput", "flops_per_image",
+                                                                 "memory"))
+    loads = " / ".join(" ".join(about[key]) for key in ("load_average_before", "load_average_after"))
+    sections = ", ".join(f"{name} {seconds} s" for name, seconds in about["section_seconds"].items())
+    threads = speed["tf_threads"]
+    print("\n## Machine\n")
+    print(table(["", ""], [
+        ["CPU", about["cpu"]], ["cores (usable)", about["cores"]], ["memory", f"{about['memory_gib']} GiB"],
+        ["Python", about["python"]], ["TensorFlow", about["tensorflow"]], ["Keras", about["keras"]],
+        ["TF threads (intra-op, inter-op; 0 = all cores)", f"{threads['intra_op']}, {threads['inter_op']}"],
+        ["load average before / after (1, 5, 15 min)", loads],
+        ["benchmark wall time", f"{about['benchmark_seconds']} s ({sections})"],
+    ]))
+
+    rates, peak, per_image = speed["images_per_s"], speed["peak_flops"], flops["executed"]
+    # the machine's speed drifts (it is shared): each round's rate over that round's peak as well
+    round_shares = {
+        key: float(np.median([rate * per_image / round_peak for rate, round_peak
+                              in zip(speed["rounds_images_per_s"][key], speed["rounds_peak_flops"])]))
+        for key in CONTENDERS
+    }
+    speed["share_of_peak"] = {key: rates[key] * per_image / peak for key in CONTENDERS}
+    speed["share_of_peak_per_round_median"] = round_shares
+    print(f"\n## Training throughput, default model at {speed['image_size']} px (batch {speed['batch_size']};"
+          f" median of {speed['rounds']} rounds of {speed['timed_steps']} steps after {speed['warmup_steps']}"
+          " warm-up)\n")
+    print(table(["contender", "images/s", "rounds (images/s)", "vs tutorial", "share of peak FLOP/s",
+                 "same, per round (median)"], [
+        [label, f"{rates[key]:.0f}", ", ".join(f"{value:.0f}" for value in speed["rounds_images_per_s"][key]),
+         f"{rates[key] / rates['tutorial']:.2f}x", f"{speed['share_of_peak'][key]:.1%}",
+         f"{round_shares[key]:.1%}"]
+        for key, label in CONTENDERS.items()
+    ]))
+
+    print(f"\n## FLOPs per training image (default model, {speed['image_size']} px)\n")
+    print(table(["count", "MFLOP / image"], [
+        ["**train_step, executed ops (used below)**", f"**{per_image / 1e6:.1f}**"],
+        ["  of which convolutions (forward and both gradients)", f"{flops['executed_conv'] / 1e6:.1f}"],
+        ["  of which dense layers (MatMul)", f"{flops['executed_matmul'] / 1e6:.1f}"],
+        ["train_step, every op in the graph (tf.compat.v1.profiler float_operation, unpruned)",
+         f"{flops['graph_total'] / 1e6:.1f}"],
+        ["check by hand, convolutions only (per-layer 2*MACs of the passes the step needs)",
+         f"{flops['analytic_conv'] / 1e6:.1f}"],
+        ["for scale: inference forward pass (encode + decode)", f"{flops['inference_forward'] / 1e6:.1f}"],
+    ]))
+    print(f"\nmethod: {flops['method']}.")
+
+    print("\n## Peak FLOP/s of this machine, and the share the training loop reaches\n")
+    matmul_rows = [
+        [f"float32 matmul {side}x{side} (TensorFlow, all cores; best of {MATMUL_REPEATS} per round,"
+         " median of rounds)", f"{rate / 1e9:.1f} GFLOP/s (rounds: "
+         + ", ".join(f"{value / 1e9:.0f}" for value in speed["rounds_matmul_flops"][side]) + ")"]
+        for side, rate in speed["matmul_flops"].items()
+    ]
+    share_rows = [[f"{label}: images/s x FLOPs/image", f"{rates[key] * per_image / 1e9:.2f} GFLOP/s"
+                   f" = {speed['share_of_peak'][key]:.1%} of the peak"] for key, label in CONTENDERS.items()]
+    print(table(["", ""], [*matmul_rows, ["**peak (the best size)**", f"**{peak / 1e9:.1f} GFLOP/s**"],
+                           *share_rows]))
+
+    side, buffer, data = memory_params.data.image_size, memory_params.train.shuffle_buffer, memory_params.data
+    print(f"\n## Peak memory (RSS high-water mark, VmHWM) of `cvae` subprocesses, {side} px for both sizes,"
+          " default model otherwise, one epoch but the control\n")
+    print(table(["images", "stage", "wall s", "peak RSS MiB"], [
+        [f"{row['images']:,}", row["stage"], f"{row['seconds']:.1f}", f"{row['peak_rss_mib']:.0f}"]
+        for row in memory_rows
+    ]))
+    sizes = sorted({row["images"] for row in memory_rows})
+    held = [min(round(images * (1 - data.val_fraction - data.test_fraction)), buffer) for images in sizes]
+    buffered = " and ".join(f"{count * side * side * 3 / 2**20:.0f} MiB" for count in held)
+    print(f"\n(evaluate is judged by one classifier, trained for one epoch on the {sizes[0]:,}-image set;"
+          " each size's train/val/test split is drawn from the seed, 80/10/10. What train holds that grows"
+          f" with the images: its shuffle buffer, min(training images, train.shuffle_buffer = {buffer:,})"
+          f" uint8 images of {side}x{side}x3: {buffered}. The control takes as many steps on the fewest"
+          " images as one epoch of the most.)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--memory-image-size", type=int, default=32, metavar="PX",
+                        help="image side of the memory runs, both sizes (default: %(default)s; 64, the"
+                             " default model's, makes the 40,000-image epoch take ~4x longer)")
+    args = parser.parse_args()
+    params = load_params(PROJECT / "params.yaml", SETTINGS)
+    if args.quick:
+        base, sizes, rounds, warmup, steps = 400, [200, 1000], 2, 2, 6
+    else:
+        base, sizes, rounds, warmup, steps = params.data.synthetic_images, [4000, 40_000], 5, 3, 20
+    memory_settings = [*MEMORY_SETTINGS, f"data.image_size={args.memory_image_size}",
+                       *(QUICK_SETTINGS if args.quick else [])]
+    started, load_before = time.perf_counter(), Path("/proc/loadavg").read_text().split()[:3]
+    with tempfile.TemporaryDirectory(prefix="cvae-bench-train-") as scratch:
+        work = Path(scratch)
+        print(f"data: {base:,} synthetic 178x218 faces; the memory sets of"
+              f" {' and '.join(f'{n:,}' for n in sizes)} images repeat them", flush=True)
+        raw, prepared, sets = make_data(work, base, sizes, memory_settings)
+        sections = {"data": time.perf_counter() - started}
+        print(f"\nthroughput: {rounds} rounds, each contender {warmup} warm-up + {steps} timed steps"
+              f" of {params.train.batch_size} images:", flush=True)
+        speed = throughput(raw, prepared, rounds, warmup, steps)
+        sections["throughput"] = time.perf_counter() - started - sum(sections.values())
+        print("\nFLOPs per training image (traced train_step)", flush=True)
+        flops = flops_per_image(speed.pop("models")["shards"], params.train.batch_size,
+                                params.data.image_size)
+        sections["flops"] = time.perf_counter() - started - sum(sections.values())
+        print(f"\npeak memory of `cvae` subprocesses ({args.memory_image_size} px, default model, 1 epoch):",
+              flush=True)
+        memory_rows = memory(work, sets, memory_settings)
+        sections["memory"] = time.perf_counter() - started - sum(sections.values())
+        about = machine()
+    about["load_average_before"], about["load_average_after"] = load_before, about.pop("load_average")
+    about["benchmark_seconds"] = round(time.perf_counter() - started)
+    about["section_seconds"] = {name: round(seconds) for name, seconds in sections.items()}
+    report = {"machine": about, "throughput": speed, "flops_per_image": flops, "memory": memory_rows,
+              "memory_settings": memory_settings, "quick": args.quick}
+    print_report(report, load_params(PROJECT / "params.yaml", memory_settings))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
