@@ -9,11 +9,16 @@
    (b) the project's training path: the prepared uint8 shards through `cvae.dataset.tf_dataset`
        as `cvae.train` streams them, the same model and optimizer, with XLA off (what `train`
        does on a CPU) and on (`jit_compile=True`).
-   The contenders take turns, round after round; each one's median round counts.
+   The contenders take turns, round after round, each turn in a fresh process (as `cvae
+   train` runs): one contender's allocations must not slow the next (in one shared
+   process the tutorial's float64 resizes left glibc returning and refaulting memory, and
+   the project's path measured at half its own speed). Each one's median round counts, and
+   the user and kernel CPU seconds of its timed steps are kept: where its time goes.
 2. FLOPs per training image of the real `train_step` (forward, backward, and the steer
    term's second decode and two critic passes), counted on its traced TensorFlow graph.
 3. The peak FLOP/s of this machine (a large float32 matrix product in TensorFlow, all
-   cores), measured in every round, and the share of it each contender reaches.
+   cores), measured in every round in a fresh process too, and the share of it each
+   contender reaches.
 4. Peak RSS and wall time of real `cvae train` (one epoch) and `cvae evaluate` subprocesses
    on the synthetic set's 4,000 images and on ten times as many (the same faces repeated),
    everything else identical: the default model, but at 32 px (`--memory-image-size`), so
@@ -145,26 +150,32 @@ def tutorial_batches(paths: list[str], attributes: np.ndarray, batch_size: int, 
 
 
 def step_clock():
-    """A callback that notes when each training step ends."""
+    """A callback that notes when each training step ends, and the process's CPU times then."""
     import keras
 
     class StepClock(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.ends: list[float] = []
+            self.cpu: list[os.times_result] = []
 
         def on_train_batch_end(self, batch, logs=None):
             self.ends.append(time.perf_counter())
+            self.cpu.append(os.times())
 
     return StepClock()
 
 
-def timed_fit(model, data, batch_size: int, warmup: int, steps: int) -> float:
+def timed_fit(model, data, batch_size: int, warmup: int, steps: int) -> dict:
     """Images/s of `steps` training steps of `model.fit`, after `warmup` steps (the first
-    call's trace and compile among them) that the clock does not count."""
+    call's trace and compile among them) that the clock does not count; and the user and
+    kernel CPU seconds (all threads) per timed step."""
     clock = step_clock()
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, shuffle=False, verbose=0, callbacks=[clock])
-    return steps * batch_size / (clock.ends[warmup + steps - 1] - clock.ends[warmup - 1])
+    first, last = warmup - 1, warmup + steps - 1
+    return {"images_per_s": steps * batch_size / (clock.ends[last] - clock.ends[first]),
+            "user_s_per_step": (clock.cpu[last].user - clock.cpu[first].user) / steps,
+            "system_s_per_step": (clock.cpu[last].system - clock.cpu[first].system) / steps}
 
 
 def matmul_operands() -> dict:
@@ -194,68 +205,81 @@ def matmul_flops(operands: dict) -> dict[int, float]:
     return rates
 
 
-def compiled_models(params, split, jit_flags: dict[str, bool]) -> dict:
-    """One default model per contender, built and compiled the way `cvae.train.train` does."""
+def compiled_model(params, split, jit_compile: bool):
+    """A default model built and compiled the way `cvae.train.train` does."""
     from cvae.train import _new_model, make_optimizer
 
     steps_per_epoch = math.ceil(len(split) / params.train.batch_size)
-    models = {}
-    for key, jit_compile in jit_flags.items():
-        model = _new_model(params, split, steps_per_epoch)
-        model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile)
-        models[key] = model
-    return models
+    model = _new_model(params, split, steps_per_epoch)
+    model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile)
+    return model
 
 
-def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) -> dict:
-    import tensorflow as tf
-
+def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int) -> dict:
+    """One contender's turn, in this (fresh) process: its model, its data, the timed fit."""
     from cvae.dataset import load_split
     from cvae.train import _training_batches, seed_everything
 
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     p = params.train
-    seed_everything(params.seed)  # as train does (op determinism included), for every contender
+    seed_everything(params.seed)  # as train does (op determinism included)
     split = load_split(prepared, "train")
-    paths = [str(raw / IMAGE_DIR / name) for name in split.image_ids]
-    for path in paths:  # the page cache warm, so that the tutorial reads from memory as the shards do
-        Path(path).read_bytes()
-    attributes = np.asarray(split.attributes, dtype=np.float32)
     if len(split) // p.batch_size < warmup + steps:
         raise SystemExit(f"{len(split)} training images are too few for {warmup + steps} batches")
-    models = compiled_models(params, split, {"tutorial": False, "shards": False, "shards_xla": True})
-    data = {
-        "tutorial": tutorial_batches(paths, attributes, p.batch_size, params.data.crop,
-                                     params.data.image_size),
-        "shards": _training_batches(split, p, params.seed, first_epoch=0),  # what train streams
-    }
-    data["shards_xla"] = data["shards"]
-    operands = matmul_operands()
-    results = {key: [] for key in CONTENDERS}
+    if key == "tutorial":
+        paths = [str(raw / IMAGE_DIR / name) for name in split.image_ids]
+        for path in paths:  # the page cache warm, so that the tutorial reads from memory as the shards do
+            Path(path).read_bytes()
+        data = tutorial_batches(paths, np.asarray(split.attributes, dtype=np.float32), p.batch_size,
+                                params.data.crop, params.data.image_size)
+    else:
+        data = _training_batches(split, p, params.seed, first_epoch=0)  # what train streams
+    model = compiled_model(params, split, jit_compile=key == "shards_xla")
+    return timed_fit(model, data, p.batch_size, warmup, steps)
+
+
+def in_fresh_process(arguments: list[str]) -> dict:
+    """Run this script with `arguments` in a new Python process; its last stdout line (JSON)."""
+    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(arguments)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) -> dict:
+    import tensorflow as tf
+
+    params = load_params(PROJECT / "params.yaml", SETTINGS)
+    turns = {key: [] for key in CONTENDERS}
     matmul = {side: [] for side in MATMUL_SIDES}
     for turn in range(rounds):
         for key in CONTENDERS:
-            results[key].append(timed_fit(models[key], data[key], p.batch_size, warmup, steps))
-        for side, rate in matmul_flops(operands).items():
-            matmul[side].append(rate)
-        print(f"  round {turn + 1}/{rounds}: " + ", ".join(f"{key} {values[-1]:.0f}" for key, values in
-                                                            results.items())
+            turns[key].append(in_fresh_process(["--contender", key, "--raw", str(raw), "--prepared",
+                                                str(prepared), "--warmup", str(warmup), "--steps", str(steps)]))
+        for side, rate in in_fresh_process(["--peak"]).items():
+            matmul[int(side)].append(rate)
+        print(f"  round {turn + 1}/{rounds}: " + ", ".join(
+            f"{key} {values[-1]['images_per_s']:.0f}" for key, values in turns.items())
               + " images/s; matmul " + ", ".join(f"{side}: {values[-1] / 1e9:.0f}" for side, values in
                                                   matmul.items()) + " GFLOP/s", flush=True)
+    results = {key: [turn["images_per_s"] for turn in values] for key, values in turns.items()}
+    cpu = {key: {kind: float(np.median([turn[f"{kind}_s_per_step"] for turn in values]))
+                 for kind in ("user", "system")} for key, values in turns.items()}
     matmul_median = {side: float(np.median(values)) for side, values in matmul.items()}
     round_peaks = [max(values[turn] for values in matmul.values()) for turn in range(rounds)]
     return {
         "images_per_s": {key: float(np.median(values)) for key, values in results.items()},
         "rounds_images_per_s": results,
+        "cpu_s_per_step": cpu,  # medians over the rounds, all threads of the contender's process
         "peak_flops": max(matmul_median.values()),  # the best size's median round
         "matmul_flops": matmul_median,
         "rounds_matmul_flops": matmul,
         "rounds_peak_flops": round_peaks,  # the best size in each round
-        "warmup_steps": warmup, "timed_steps": steps, "batch_size": p.batch_size, "rounds": rounds,
+        "warmup_steps": warmup, "timed_steps": steps, "batch_size": params.train.batch_size, "rounds": rounds,
         "image_size": params.data.image_size,
+        # TensorFlow's defaults, as in each contender's process
         "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
-        "models": models,  # for the FLOP count; not dumped
     }
 
 
@@ -304,6 +328,13 @@ def conv_macs(network) -> list[int]:
             side = layer.input.shape if transposed else layer.output.shape
             macs.append(side[1] * side[2] * k_h * k_w * c_in * c_out)
     return macs
+
+
+def default_model(params, prepared: Path):
+    """The default model as the project's path trains it (XLA off), for the FLOP count."""
+    from cvae.dataset import load_split
+
+    return compiled_model(params, load_split(prepared, "train"), jit_compile=False)
 
 
 def flops_per_image(model, batch_size: int, image_size: int) -> dict:
@@ -445,12 +476,13 @@ def print_report(report: dict, memory_params) -> None:
     speed["share_of_peak_per_round_median"] = round_shares
     print(f"\n## Training throughput, default model at {speed['image_size']} px (batch {speed['batch_size']};"
           f" median of {speed['rounds']} rounds of {speed['timed_steps']} steps after {speed['warmup_steps']}"
-          " warm-up)\n")
+          " warm-up, each turn a fresh process)\n")
+    cpu = speed["cpu_s_per_step"]
     print(table(["contender", "images/s", "rounds (images/s)", "vs tutorial", "share of peak FLOP/s",
-                 "same, per round (median)"], [
+                 "same, per round (median)", "CPU ms per step: user / kernel"], [
         [label, f"{rates[key]:.0f}", ", ".join(f"{value:.0f}" for value in speed["rounds_images_per_s"][key]),
          f"{rates[key] / rates['tutorial']:.2f}x", f"{speed['share_of_peak'][key]:.1%}",
-         f"{round_shares[key]:.1%}"]
+         f"{round_shares[key]:.1%}", f"{cpu[key]['user'] * 1e3:.0f} / {cpu[key]['system'] * 1e3:.0f}"]
         for key, label in CONTENDERS.items()
     ]))
 
@@ -503,12 +535,25 @@ def main() -> None:
     parser.add_argument("--memory-image-size", type=int, default=32, metavar="PX",
                         help="image side of the memory runs, both sizes (default: %(default)s; 64, the"
                              " default model's, makes the 40,000-image epoch take ~4x longer)")
+    # the workers of the throughput section, each run in a fresh process by the main one
+    parser.add_argument("--contender", choices=list(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepared", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.contender:
+        print(json.dumps(contender_turn(args.contender, args.raw, args.prepared, args.warmup, args.steps)))
+        return
+    if args.peak:
+        print(json.dumps(matmul_flops(matmul_operands())))
+        return
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     if args.quick:
         base, sizes, rounds, warmup, steps = 400, [200, 1000], 2, 2, 6
     else:
-        base, sizes, rounds, warmup, steps = params.data.synthetic_images, [4000, 40_000], 5, 3, 20
+        base, sizes, rounds, warmup, steps = params.data.synthetic_images, [4000, 40_000], 5, 5, 30
     memory_settings = [*MEMORY_SETTINGS, f"data.image_size={args.memory_image_size}",
                        *(QUICK_SETTINGS if args.quick else [])]
     started, load_before = time.perf_counter(), Path("/proc/loadavg").read_text().split()[:3]
@@ -523,7 +568,7 @@ def main() -> None:
         speed = throughput(raw, prepared, rounds, warmup, steps)
         sections["throughput"] = time.perf_counter() - started - sum(sections.values())
         print("\nFLOPs per training image (traced train_step)", flush=True)
-        flops = flops_per_image(speed.pop("models")["shards"], params.train.batch_size,
+        flops = flops_per_image(default_model(params, prepared), params.train.batch_size,
                                 params.data.image_size)
         sections["flops"] = time.perf_counter() - started - sum(sections.values())
         print(f"\npeak memory of `cvae` subprocesses ({args.memory_image_size} px, default model, 1 epoch):",
