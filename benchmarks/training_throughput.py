@@ -5,10 +5,11 @@
    on CelebA-sized synthetic JPEGs (178x218):
    (a) the original tutorial's way: plain `model.fit` on a `keras.utils.PyDataset` that, per
        batch, reads each JPEG with scikit-image, centre-crops 148 and resizes it to 64 px
-       (one process, no workers; XLA off);
+       (one process, no workers; XLA off), with TensorFlow's own choice of CPU kernels;
    (b) the project's training path: the prepared uint8 shards through `cvae.dataset.tf_dataset`
-       as `cvae.train` streams them, the same model and optimizer, with XLA off (what `train`
-       does on a CPU) and on (`jit_compile=True`).
+       as `cvae.train` streams them, the same model and optimizer, XLA off and oneDNN's
+       kernels on (what `train` does on a CPU: `import cvae` turns them on); and, to show
+       what each setting gives, with TensorFlow's default kernels and with XLA on.
    The contenders take turns, round after round, each turn in a fresh process (as `cvae
    train` runs): one contender's allocations must not slow the next (in one shared
    process the tutorial's float64 resizes left glibc returning and refaulting memory, and
@@ -17,8 +18,8 @@
 2. FLOPs per training image of the real `train_step` (forward, backward, and the steer
    term's second decode and two critic passes), counted on its traced TensorFlow graph.
 3. The peak FLOP/s of this machine (a large float32 matrix product in TensorFlow, all
-   cores), measured in every round in a fresh process too, and the share of it each
-   contender reaches.
+   cores, the better of oneDNN's and Eigen's), measured in every round in fresh processes
+   too, and the share of it each contender reaches.
 4. Peak RSS and wall time of real `cvae train` (one epoch) and `cvae evaluate` subprocesses
    on the synthetic set's 4,000 images and on ten times as many (the same faces repeated),
    everything else identical: the default model, but at 32 px (`--memory-image-size`), so
@@ -69,10 +70,16 @@ QUICK_SETTINGS = ["evaluate.fidelity_samples=32", "evaluate.edit_images=32"]  # 
 MATMUL_SIDES = (2048, 3072, 4096)
 MATMUL_REPEATS = 2  # of each size per round; the best one counts for the round
 CONTENDERS = {
-    "tutorial": "(a) tutorial: fit on a PyDataset, skimage read+resize per batch, XLA off",
-    "shards": "(b) prepared shards + tf_dataset, XLA off (train on a CPU today)",
-    "shards_xla": "(b) prepared shards + tf_dataset, XLA on (jit_compile=True)",
+    "tutorial": "(a) tutorial: fit on a PyDataset, skimage read+resize per batch, XLA off,"
+                " TensorFlow's default CPU kernels",
+    "shards": "(b) prepared shards + tf_dataset, XLA off, oneDNN kernels on (cvae train on a CPU)",
+    "shards_tf_kernels": "(b) without cvae's oneDNN switch: TensorFlow's default CPU kernels",
+    "shards_xla": "(b) with XLA on (jit_compile=True)",
 }
+# TensorFlow's own choice of CPU kernels, which `import cvae` overrides (TF_ENABLE_ONEDNN_OPTS=1):
+# oneDNN's only on CPUs with these features (tensorflow/core/util/port.cc), else Eigen's
+TF_ONEDNN_CPU_FLAGS = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
+TF_DEFAULT_KERNELS = ("tutorial", "shards_tf_kernels")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -238,9 +245,18 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
     return timed_fit(model, data, p.batch_size, warmup, steps)
 
 
-def in_fresh_process(arguments: list[str]) -> dict:
-    """Run this script with `arguments` in a new Python process; its last stdout line (JSON)."""
-    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
+def tensorflow_default_onednn() -> str:
+    """TF_ENABLE_ONEDNN_OPTS as TensorFlow decides it alone on this CPU."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return "1" if flags & TF_ONEDNN_CPU_FLAGS else "0"
+
+
+def in_fresh_process(arguments: list[str], onednn: str | None = None) -> dict:
+    """Run this script with `arguments` in a new Python process (TF_ENABLE_ONEDNN_OPTS=`onednn`
+    if given); its last stdout line (JSON)."""
+    env = {**os.environ, **({"TF_ENABLE_ONEDNN_OPTS": onednn} if onednn is not None else {})}
+    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, env=env)
     if result.returncode:
         raise SystemExit(f"{' '.join(arguments)} failed:\n{(result.stdout + result.stderr)[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -252,12 +268,17 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     turns = {key: [] for key in CONTENDERS}
     matmul = {side: [] for side in MATMUL_SIDES}
+    tf_default = tensorflow_default_onednn()
     for turn in range(rounds):
         for key in CONTENDERS:
-            turns[key].append(in_fresh_process(["--contender", key, "--raw", str(raw), "--prepared",
-                                                str(prepared), "--warmup", str(warmup), "--steps", str(steps)]))
-        for side, rate in in_fresh_process(["--peak"]).items():
-            matmul[int(side)].append(rate)
+            onednn = tf_default if key in TF_DEFAULT_KERNELS else None  # None: what `import cvae` sets
+            arguments = ["--contender", key, "--raw", str(raw), "--prepared", str(prepared),
+                         "--warmup", str(warmup), "--steps", str(steps)]
+            turns[key].append(in_fresh_process(arguments, onednn))
+        # the peak under either kernel library (oneDNN's and Eigen's matmuls differ): the better
+        kernels = [in_fresh_process(["--peak"], onednn) for onednn in ("0", "1")]
+        for side in MATMUL_SIDES:
+            matmul[side].append(max(rates[str(side)] for rates in kernels))
         print(f"  round {turn + 1}/{rounds}: " + ", ".join(
             f"{key} {values[-1]['images_per_s']:.0f}" for key, values in turns.items())
               + " images/s; matmul " + ", ".join(f"{side}: {values[-1] / 1e9:.0f}" for side, values in
@@ -277,6 +298,8 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
         "rounds_peak_flops": round_peaks,  # the best size in each round
         "warmup_steps": warmup, "timed_steps": steps, "batch_size": params.train.batch_size, "rounds": rounds,
         "image_size": params.data.image_size,
+        "onednn": {key: tf_default if key in TF_DEFAULT_KERNELS else os.environ["TF_ENABLE_ONEDNN_OPTS"]
+                   for key in CONTENDERS},  # TF_ENABLE_ONEDNN_OPTS of each contender's process
         # TensorFlow's defaults, as in each contender's process
         "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                        "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
@@ -461,6 +484,8 @@ def print_report(report: dict, memory_params) -> None:
         ["CPU", about["cpu"]], ["cores (usable)", about["cores"]], ["memory", f"{about['memory_gib']} GiB"],
         ["Python", about["python"]], ["TensorFlow", about["tensorflow"]], ["Keras", about["keras"]],
         ["TF threads (intra-op, inter-op; 0 = all cores)", f"{threads['intra_op']}, {threads['inter_op']}"],
+        ["TF_ENABLE_ONEDNN_OPTS per contender",
+         ", ".join(f"{key} {value}" for key, value in speed["onednn"].items())],
         ["load average before / after (1, 5, 15 min)", loads],
         ["benchmark wall time", f"{about['benchmark_seconds']} s ({sections})"],
     ]))
@@ -501,8 +526,8 @@ def print_report(report: dict, memory_params) -> None:
 
     print("\n## Peak FLOP/s of this machine, and the share the training loop reaches\n")
     matmul_rows = [
-        [f"float32 matmul {side}x{side} (TensorFlow, all cores; best of {MATMUL_REPEATS} per round,"
-         " median of rounds)", f"{rate / 1e9:.1f} GFLOP/s (rounds: "
+        [f"float32 matmul {side}x{side} (TensorFlow, all cores, oneDNN or Eigen; best of {MATMUL_REPEATS}"
+         " per round, median of rounds)", f"{rate / 1e9:.1f} GFLOP/s (rounds: "
          + ", ".join(f"{value / 1e9:.0f}" for value in speed["rounds_matmul_flops"][side]) + ")"]
         for side, rate in speed["matmul_flops"].items()
     ]
