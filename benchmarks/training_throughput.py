@@ -229,7 +229,8 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
 
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     p = params.train
-    seed_everything(params.seed)  # as train does (op determinism included)
+    # as train does: op determinism on a CPU, but not with XLA (Keras would drop jit_compile)
+    seed_everything(params.seed, deterministic_ops=key != "shards_xla")
     split = load_split(prepared, "train")
     if len(split) // p.batch_size < warmup + steps:
         raise SystemExit(f"{len(split)} training images are too few for {warmup + steps} batches")
@@ -242,6 +243,8 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
     else:
         data = _training_batches(split, p, params.seed, first_epoch=0)  # what train streams
     model = compiled_model(params, split, jit_compile=key == "shards_xla")
+    if model.jit_compile != (key == "shards_xla"):
+        raise SystemExit(f"{key}: Keras compiled with jit_compile={model.jit_compile}")
     return timed_fit(model, data, p.batch_size, warmup, steps)
 
 

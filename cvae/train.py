@@ -35,9 +35,16 @@ ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cv
 MONITOR = "val_neg_elbo"  # what early stopping watches: the held-out negative ELBO
 
 
-def seed_everything(seed: int) -> None:
-    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow generators
-    tf.config.experimental.enable_op_determinism()
+def seed_everything(seed: int, deterministic_ops: bool = True) -> None:
+    """Seed Python, NumPy and TensorFlow; with `deterministic_ops`, also make TensorFlow's
+    ops deterministic (process-wide; off otherwise, whatever an earlier call did)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic_ops:
+        tf.config.experimental.enable_op_determinism()
+    else:  # not in tf.config's public API; Keras reads the same switch
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
 
 
 def attribute_sample(attributes, seed: int):
@@ -55,18 +62,20 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
     and data resumes from it, and it is removed once the model is saved. `strategy`
     replaces the default one (MirroredStrategy over several GPUs, else none).
     """
-    seed_everything(params.seed)
     p = params.train
+    jit_compile = bool(_gpus())  # XLA on GPUs
+    # Keras compiles without XLA, whatever it is asked, while op determinism is on (not
+    # every op has a deterministic XLA kernel). Determinism is the CPU's promise; on a GPU
+    # the step is compiled with XLA and runs are seeded but not bit-for-bit repeatable.
+    seed_everything(params.seed, deterministic_ops=not jit_compile)
     train_split, val_split = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     steps_per_epoch = math.ceil(len(train_split) / p.batch_size)
     checkpoints = None
     if checkpoint_dir:
         checkpoints = CheckpointStore(checkpoint_dir, fingerprint(params, prepared_dir))
     resumed = checkpoints.latest(p.epochs) if checkpoints else None
-    precision, jit_compile = _resolve_precision(p.precision), bool(_gpus())
+    precision = _resolve_precision(p.precision)
     strategy = strategy or _default_strategy()
-    print(f"train: {strategy.num_replicas_in_sync} replica(s), {precision},"
-          f" XLA {'on' if jit_compile else 'off'}", flush=True)
     with _precision_policy(precision):
         with strategy.scope():
             model = _new_model(params, train_split, steps_per_epoch)
@@ -74,6 +83,9 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
             model.compile(optimizer=make_optimizer(p, steps_per_epoch), jit_compile=jit_compile)
             if resumed:
                 resumed.restore(model)
+        # what Keras settled on, not what it was asked for
+        print(f"train: {strategy.num_replicas_in_sync} replica(s), {precision},"
+              f" XLA {'on' if model.jit_compile else 'off'}", flush=True)
         history = _fit(model, params, train_split, val_split, steps_per_epoch, checkpoints, resumed)
     if not all(math.isfinite(value) for value in history["loss"]):
         # never save a model that later stages would turn into NaN metrics and blank figures

@@ -29,6 +29,7 @@ from cvae.prepare import prepare
 from cvae.train import (HISTORY_FILE, WEIGHTS_FILE, CheckpointStore, SaveCheckpoint, fingerprint,
                         make_optimizer, train)
 from cvae.validation_report import SUMMARY_FILE
+from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras reads
 from tests.conftest import BIN, PROJECT, run, stage_env, tiny_params_dict
 
 # Eight short epochs with warm-up, cosine decay and early stopping all switched on: long
@@ -324,3 +325,24 @@ def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepar
     model = load_cvae(tmp_path / "cvae.keras")
     chosen = [name for name, on in zip(model.attribute_names, model.steer_mask) if on]
     assert chosen == sorted(chosen, key=model.attribute_names.index) and set(chosen) == {"Smiling", "Male"}
+
+
+def test_on_a_gpu_the_step_is_really_compiled_with_xla(prepared, one_epoch, tmp_path, monkeypatch, capsys):
+    """Keras drops jit_compile=True while op determinism is on; on a GPU train turns
+    determinism off so that XLA is used. The GPU is pretended (XLA compiles on a CPU too)."""
+    from cvae import train as training
+
+    monkeypatch.setattr(training, "_gpus", lambda: ["GPU:0"])  # one: no MirroredStrategy
+    try:
+        final = train(make_params(**ONE_EPOCH), prepared, tmp_path / "cvae.keras", tmp_path / "train")
+        assert not is_op_determinism_enabled()
+    finally:
+        training.seed_everything(0)  # determinism back on for the tests after this one
+    assert "train: 1 replica(s), float32, XLA on" in capsys.readouterr().out
+    assert final["loss"] == pytest.approx(one_epoch["loss"], rel=0.05)  # the same epoch, compiled otherwise
+
+
+def test_on_a_cpu_the_step_runs_without_xla_and_deterministically(prepared, tmp_path, capsys):
+    train(make_params(**ONE_EPOCH), prepared, tmp_path / "cvae.keras", tmp_path / "train")
+    assert is_op_determinism_enabled()
+    assert "train: 1 replica(s), float32, XLA off" in capsys.readouterr().out
