@@ -145,8 +145,7 @@ def input_pipeline(prepared_dir: Path, params) -> int:
     from cvae.dataset import load_split, tf_dataset
 
     split = load_split(prepared_dir, "train")
-    batches = tf_dataset(split, params.train.batch_size, shuffle=True, seed=0,
-                         shuffle_buffer=params.train.shuffle_buffer)
+    batches = tf_dataset(split, params.train.batch_size, shuffle=True, seed=0)
     next(iter(batches))  # build the pipeline before the clock starts
     start = time.perf_counter()
     count = sum(len(images) for _ in range(3) for images, _ in batches)

@@ -28,6 +28,7 @@
 
     .venv/bin/python benchmarks/training_throughput.py                  # the full run (~10 min on 2 cores)
     .venv/bin/python benchmarks/training_throughput.py --quick          # smaller, for a smoke run
+    .venv/bin/python benchmarks/training_throughput.py --memory-only    # peak memory alone (~4 min)
     .venv/bin/python benchmarks/training_throughput.py --json out.json  # also dump every figure
 """
 
@@ -481,18 +482,23 @@ def print_report(report: dict, memory_params) -> None:
                                                                  "memory"))
     loads = " / ".join(" ".join(about[key]) for key in ("load_average_before", "load_average_after"))
     sections = ", ".join(f"{name} {seconds} s" for name, seconds in about["section_seconds"].items())
-    threads = speed["tf_threads"]
     print("\n## Machine\n")
     print(table(["", ""], [
         ["CPU", about["cpu"]], ["cores (usable)", about["cores"]], ["memory", f"{about['memory_gib']} GiB"],
         ["Python", about["python"]], ["TensorFlow", about["tensorflow"]], ["Keras", about["keras"]],
-        ["TF threads (intra-op, inter-op; 0 = all cores)", f"{threads['intra_op']}, {threads['inter_op']}"],
-        ["TF_ENABLE_ONEDNN_OPTS per contender",
-         ", ".join(f"{key} {value}" for key, value in speed["onednn"].items())],
+        *([["TF threads (intra-op, inter-op; 0 = all cores)",
+            f"{speed['tf_threads']['intra_op']}, {speed['tf_threads']['inter_op']}"],
+           ["TF_ENABLE_ONEDNN_OPTS per contender",
+            ", ".join(f"{key} {value}" for key, value in speed["onednn"].items())]] if speed else []),
         ["load average before / after (1, 5, 15 min)", loads],
         ["benchmark wall time", f"{about['benchmark_seconds']} s ({sections})"],
     ]))
+    if speed:
+        print_speed(speed, flops)
+    print_memory(memory_rows, memory_params)
 
+
+def print_speed(speed: dict, flops: dict) -> None:
     rates, peak, per_image = speed["images_per_s"], speed["peak_flops"], flops["executed"]
     # the machine's speed drifts (it is shared): each round's rate over that round's peak as well
     round_shares = {
@@ -539,7 +545,9 @@ def print_report(report: dict, memory_params) -> None:
     print(table(["", ""], [*matmul_rows, ["**peak (the best size)**", f"**{peak / 1e9:.1f} GFLOP/s**"],
                            *share_rows]))
 
-    side, buffer, data = memory_params.data.image_size, memory_params.train.shuffle_buffer, memory_params.data
+
+def print_memory(memory_rows: list[dict], memory_params) -> None:
+    side = memory_params.data.image_size
     print(f"\n## Peak memory (RSS high-water mark, VmHWM) of `cvae` subprocesses, {side} px for both sizes,"
           " default model otherwise, one epoch but the control\n")
     print(table(["images", "stage", "wall s", "peak RSS MiB"], [
@@ -547,19 +555,19 @@ def print_report(report: dict, memory_params) -> None:
         for row in memory_rows
     ]))
     sizes = sorted({row["images"] for row in memory_rows})
-    held = [min(round(images * (1 - data.val_fraction - data.test_fraction)), buffer) for images in sizes]
-    buffered = " and ".join(f"{count * side * side * 3 / 2**20:.0f} MiB" for count in held)
     print(f"\n(evaluate is judged by one classifier, trained for one epoch on the {sizes[0]:,}-image set;"
           " each size's train/val/test split is drawn from the seed, 80/10/10. What train holds that grows"
-          f" with the images: its shuffle buffer, min(training images, train.shuffle_buffer = {buffer:,})"
-          f" uint8 images of {side}x{side}x3: {buffered}. The control takes as many steps on the fewest"
-          " images as one epoch of the most.)")
+          " with the images: each epoch's permutation of the rows (8 bytes per image), the attributes"
+          " (1 byte each per image) and the image ids; the pixels are read a batch at a time with pread,"
+          " never mapped. The control takes as many steps on the fewest images as one epoch of the most.)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the peak memory section (about 4 minutes instead of 13)")
     parser.add_argument("--memory-image-size", type=int, default=32, metavar="PX",
                         help="image side of the memory runs, both sizes (default: %(default)s; 64, the"
                              " default model's, makes the 40,000-image epoch take ~4x longer)")
@@ -590,15 +598,16 @@ def main() -> None:
         print(f"data: {base:,} synthetic 178x218 faces; the memory sets of"
               f" {' and '.join(f'{n:,}' for n in sizes)} images repeat them", flush=True)
         raw, prepared, sets = make_data(work, base, sizes, memory_settings)
-        sections = {"data": time.perf_counter() - started}
-        print(f"\nthroughput: {rounds} rounds, each contender {warmup} warm-up + {steps} timed steps"
-              f" of {params.train.batch_size} images:", flush=True)
-        speed = throughput(raw, prepared, rounds, warmup, steps)
-        sections["throughput"] = time.perf_counter() - started - sum(sections.values())
-        print("\nFLOPs per training image (traced train_step)", flush=True)
-        flops = flops_per_image(default_model(params, prepared), params.train.batch_size,
-                                params.data.image_size)
-        sections["flops"] = time.perf_counter() - started - sum(sections.values())
+        sections, speed, flops = {"data": time.perf_counter() - started}, None, None
+        if not args.memory_only:
+            print(f"\nthroughput: {rounds} rounds, each contender {warmup} warm-up + {steps} timed steps"
+                  f" of {params.train.batch_size} images:", flush=True)
+            speed = throughput(raw, prepared, rounds, warmup, steps)
+            sections["throughput"] = time.perf_counter() - started - sum(sections.values())
+            print("\nFLOPs per training image (traced train_step)", flush=True)
+            flops = flops_per_image(default_model(params, prepared), params.train.batch_size,
+                                    params.data.image_size)
+            sections["flops"] = time.perf_counter() - started - sum(sections.values())
         print(f"\npeak memory of `cvae` subprocesses ({args.memory_image_size} px, default model, 1 epoch):",
               flush=True)
         memory_rows = memory(work, sets, memory_settings)

@@ -62,7 +62,6 @@ class TrainParams(_Section):
     filters: list[int] = Field([16, 32, 64, 128], min_length=1)
     beta: float = Field(2.0, ge=0.0)
     decoder_std: float = Field(0.15, gt=0.0)
-    shuffle_buffer: int = Field(8192, ge=1)
     clip_norm: float = Field(1.0, gt=0.0)
     kl_warmup_epochs: float = Field(2.0, ge=0.0)
     xcov_weight: float = Field(100.0, ge=0.0)
@@ -175,9 +174,16 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
         raise CvaeError("\n".join(problems)) from None
 
 
+# keys that once existed, and what to do about them
+REMOVED_KEYS = {
+    "train.shuffle_buffer": "removed: every epoch is now a full permutation of the training images,"
+                            " read without a buffer; delete the key",
+}
+
+
 def _explain(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
-        return "unknown key"
+        return REMOVED_KEYS.get(".".join(map(str, error["loc"])), "unknown key")
     got = error.get("input")
     return f"{error['msg'].lower()} (got {got!r})" if not isinstance(got, dict) else error["msg"]
 

@@ -191,8 +191,7 @@ def _training_batches(split: PreparedSplit, p: TrainParams, seed: int, first_epo
     Epoch e is shuffled with seed + e, so its order is the same whether the run started
     fresh or resumed."""
     def epoch_batches(epoch):
-        return tf_dataset(split, p.batch_size, shuffle=True, seed=seed + epoch,
-                          shuffle_buffer=p.shuffle_buffer)
+        return tf_dataset(split, p.batch_size, shuffle=True, seed=seed + epoch)
 
     return tf.data.Dataset.range(first_epoch, p.epochs).flat_map(epoch_batches)
 

@@ -23,6 +23,12 @@ def test_unknown_key_is_named(tmp_path):
         load_params(path)
 
 
+def test_a_removed_key_says_why(tmp_path):
+    path = write(tmp_path, "train:\n  shuffle_buffer: 8192\n")
+    with pytest.raises(CvaeError, match=r"train.shuffle_buffer: removed: every epoch is now a full permutation"):
+        load_params(path)
+
+
 def test_wrong_type_names_key_and_expectation(tmp_path):
     path = write(tmp_path, "train:\n  epochs: three\n")
     with pytest.raises(CvaeError, match=r"train.epochs: input should be a valid integer.*'three'"):

@@ -1,4 +1,5 @@
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_images_are_packed_into_bounded_shards_in_order(prepared, synthetic_root
 
 def _epoch(split, seed):
     images, attributes = [], []
-    for x, c in tf_dataset(split, 4, shuffle=True, seed=seed, shuffle_buffer=8):
+    for x, c in tf_dataset(split, 4, shuffle=True, seed=seed):
         images.append(x.numpy())
         attributes.append(c.numpy())
     return np.concatenate(images), np.concatenate(attributes)
@@ -64,6 +65,60 @@ def test_a_shuffled_epoch_holds_every_image_once_and_repeats_for_a_seed(prepared
     np.testing.assert_array_equal(attributes, np.asarray(split.attributes, dtype=np.float32)[order])
     again, _ = _epoch(split, seed=1)
     np.testing.assert_array_equal(images, again)
+
+
+def test_each_seed_draws_its_own_permutation_across_all_shards(prepared):
+    split = load_split(prepared, "train")
+    first_batches = set()
+    for seed in range(8):
+        x, _ = next(iter(tf_dataset(split, 4, shuffle=True, seed=seed)))
+        first_batches.add(x.numpy().tobytes())
+    assert len(first_batches) == 8
+    # a uniform permutation: over seeds, the first image comes from every shard (a stream
+    # that reads a couple of shards at a time would start with the first ones it reads)
+    expected = split.images[:]
+    shards_first, mixed = set(), 0
+    for seed in range(40):
+        x, _ = next(iter(tf_dataset(split, 4, shuffle=True, seed=seed)))
+        rows = [int(np.flatnonzero((expected == np.round(image * 255)).all(axis=(1, 2, 3)))[0])
+                for image in x.numpy()]
+        shards_first.add(rows[0] // SHARD)
+        mixed += len({row // SHARD for row in rows}) > 1
+    assert shards_first == set(range(len(split.images.paths)))
+    assert mixed >= 30  # by chance, 4 of a uniform permutation's rows share a shard rarely
+
+
+def _mapped_files() -> str:
+    return Path("/proc/self/maps").read_text()
+
+
+def test_reading_a_split_maps_no_shard_into_memory(prepared):
+    # a mapped shard's pages count in the resident memory of the process until unmapped:
+    # read through maps, a pass over the data would make training as large as the data
+    split = load_split(prepared, "train")
+    rows = np.array([len(split) - 1, 0, SHARD + 1, SHARD + 2, SHARD])
+    np.testing.assert_array_equal(split.images[rows], to_unit_range(split.images[:])[rows] * 255)
+    for _ in tf_dataset(split, 4, shuffle=True, seed=0):
+        pass
+    assert not [path for path in split.images.paths if str(path) in _mapped_files()]
+
+
+def test_a_truncated_or_foreign_shard_is_named(prepared, tmp_path):
+    import shutil
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    shard = copy / "train" / "images-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(CvaeError, match=r"images-00001.npy: truncated or padded .* run `cvae prepare` again"):
+        load_split(copy, "train").images[np.arange(SHARD, 2 * SHARD)]
+    np.save(shard, np.zeros((SHARD, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(CvaeError, match=r"images-00001.npy: holds uint8 \(5, 16, 16, 3\), expected uint8 "
+                                        r"\(5, 32, 32, 3\)"):
+        load_split(copy, "train").images[SHARD]
+    shard.write_bytes(b"not numpy")
+    with pytest.raises(CvaeError, match=r"images-00001.npy: not a .npy shard"):
+        load_split(copy, "train").images[SHARD]
 
 
 def test_a_prepared_batch_is_scaled_exactly_once(prepared):
