@@ -118,6 +118,7 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         attribute_rows=attribute_sample(train_split.attributes, params.seed),
         kl_warmup_steps=round(p.kl_warmup_epochs * steps_per_epoch),
         xcov_weight=p.xcov_weight,
+        edge_weight=p.edge_weight,
         steer_weight=p.steer_weight,
         steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
     )

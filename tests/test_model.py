@@ -48,14 +48,44 @@ def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_pa
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     images, condition = batch(64)
     history = model.fit(images, condition, batch_size=16, epochs=3, verbose=0, shuffle=False).history
-    assert set(history) == {"loss", "neg_elbo", "mse", "kl", "xcov"}
+    assert set(history) == {"loss", "neg_elbo", "mse", "kl", "xcov", "edges"}
     assert history["loss"][-1] < history["loss"][0]
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = load_cvae(path)
     assert isinstance(loaded, CVAE) and (loaded.beta, loaded.decoder_std) == (1.0, 0.1)
+    assert loaded.edge_weight == model.edge_weight
     np.testing.assert_allclose(np.asarray(loaded([images[:4], condition[:4]])),
                                np.asarray(model([images[:4], condition[:4]])), atol=1e-6)
+
+
+def test_the_edge_term_charges_for_blur_and_not_for_brightness():
+    from cvae.model import edge_difference
+
+    rows, columns = np.indices((16, 16))
+    faces = np.stack([((rows // 4 + columns // 4) % 2).astype(np.float32)] * 3, axis=-1)[None] * 0.6 + 0.2
+    blurred = (faces + np.roll(faces, 1, axis=1) + np.roll(faces, 1, axis=2) + np.roll(faces, 1, axis=(1, 2))) / 4
+    brighter = faces + 0.2  # every pixel off by 0.2, every edge kept
+    assert float(edge_difference(faces, faces)[0]) == 0.0
+    assert float(edge_difference(faces, brighter)[0]) == pytest.approx(0.0, abs=1e-4)
+    # the blurred faces are no further from the faces in squared error than the brighter ones...
+    assert np.square(faces - blurred).sum() < np.square(faces - brighter).sum()
+    # ...but only blur lowers the contrast between neighbours
+    assert float(edge_difference(faces, blurred)[0]) > 10
+
+
+def test_the_edge_term_enters_the_training_objective():
+    images, condition = batch(32)
+    losses = {}
+    for weight in (0.0, 3.0):
+        keras.utils.set_random_seed(0)  # the same initial weights for both
+        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
+                           decoder_std=0.1, seed=0, edge_weight=weight)
+        model.compile(optimizer=keras.optimizers.Adam(0.0))  # no step: both see the same weights
+        losses[weight] = model.evaluate(images, condition, batch_size=32, verbose=0, return_dict=True)
+    assert losses[0.0]["edges"] == pytest.approx(losses[3.0]["edges"]) and losses[0.0]["edges"] > 0
+    assert losses[3.0]["loss"] == pytest.approx(losses[0.0]["loss"] + 3.0 * losses[0.0]["edges"], rel=1e-4)
+    assert losses[3.0]["neg_elbo"] == pytest.approx(losses[0.0]["neg_elbo"], rel=1e-6)  # not part of the ELBO
 
 
 def test_loading_something_else_is_refused(tmp_path):
@@ -161,3 +191,21 @@ def test_a_colour_shared_by_every_pixel_is_learnt_in_three_epochs():
     mse = np.mean((np.asarray(model([images, condition])) - images) ** 2)
     mean_image_mse = np.mean((images - images.mean(axis=0)) ** 2)
     assert mse < mean_image_mse / 5  # 17x below with the path, 2.3x without
+
+
+def test_the_critic_is_blind_to_a_pattern_alternating_from_pixel_to_pixel():
+    """The steer term's decoder learnt to satisfy a full-size critic with a dotted texture
+    that no other classifier took for the attribute; the critic now reads 2x2 means, which
+    cancel such a pattern, and still sees a shape drawn at the same strength."""
+    from cvae.networks import build_critic
+
+    keras.utils.set_random_seed(0)
+    critic = build_critic(16, 3, [8, 16])
+    faces, _ = batch(4)
+    rows, columns = np.indices((16, 16))
+    dots = (0.2 * (-1.0) ** (rows + columns))[None, :, :, None].astype(np.float32)
+    ring = np.zeros((1, 16, 16, 1), dtype=np.float32)
+    ring[0, 4:12, 4:12], ring[0, 6:10, 6:10] = -0.2, 0.0  # a dark square outline, like a lens
+    plain = np.asarray(critic(faces))
+    np.testing.assert_allclose(np.asarray(critic(faces + dots)), plain, atol=1e-5)
+    assert np.abs(np.asarray(critic(faces + ring)) - plain).max() > 1e-3
