@@ -106,13 +106,11 @@ def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> kera
     decoder (the `steer` term), so the decoder draws what c asks for. It is not the judge
     of `cvae.classifier`: that one is trained apart and only scores."""
     images = keras.Input((image_size, image_size, 3), name="images")
-    # The critic reads the faces at half the side (means of 2x2 pixels). The steer term
-    # pushes the decoder towards whatever the critic reads as an attribute, and at full
-    # size the cheapest such thing was a texture at the pixel grid's own frequency: decoded
-    # faces asked for glasses came out with a dotted pattern around the eyes, which the
-    # critic took for glasses and the judge never did. A 2x2 mean cancels a pattern that
-    # alternates from pixel to pixel exactly, so to satisfy the critic the decoder has to
-    # draw shapes. It also makes the steer term's three critic passes a quarter the work.
+    # The critic reads the faces at half the side (means of 2x2 pixels): the steer term's
+    # critic passes are then a quarter of the work (training a third faster, fidelity the
+    # same within the seeds' spread), and a texture at the pixel grid's own frequency, the
+    # artefact a transposed convolution draws most easily, cancels out, so the decoder
+    # cannot satisfy the critic with one.
     x = layers.AveragePooling2D(2, name="half_size")(images)
     for width in filters:
         x = layers.Conv2D(width, 4, strides=2, padding="same")(x)

@@ -59,7 +59,7 @@ def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_pa
                                np.asarray(model([images[:4], condition[:4]])), atol=1e-6)
 
 
-def test_the_edge_term_charges_for_blur_and_not_for_brightness():
+def test_the_edge_term_charges_for_blur_and_wrong_textures_not_for_brightness():
     from cvae.model import edge_difference
 
     rows, columns = np.indices((16, 16))
@@ -70,8 +70,12 @@ def test_the_edge_term_charges_for_blur_and_not_for_brightness():
     assert float(edge_difference(faces, brighter)[0]) == pytest.approx(0.0, abs=1e-4)
     # the blurred faces are no further from the faces in squared error than the brighter ones...
     assert np.square(faces - blurred).sum() < np.square(faces - brighter).sum()
-    # ...but only blur lowers the contrast between neighbours
+    # ...but only blur changes the differences between neighbours
     assert float(edge_difference(faces, blurred)[0]) > 10
+    # a texture in the wrong phase has every edge's contrast right and every edge's sign
+    # wrong: it must cost (matching contrast alone drew such textures where faces were unsure)
+    texture = 0.5 + 0.2 * (-1.0) ** (rows + columns)[None, :, :, None] * np.ones((1, 16, 16, 3), np.float32)
+    assert float(edge_difference(texture, 1.0 - texture)[0]) > 10
 
 
 def test_the_edge_term_enters_the_training_objective():
@@ -194,9 +198,8 @@ def test_a_colour_shared_by_every_pixel_is_learnt_in_three_epochs():
 
 
 def test_the_critic_is_blind_to_a_pattern_alternating_from_pixel_to_pixel():
-    """The steer term's decoder learnt to satisfy a full-size critic with a dotted texture
-    that no other classifier took for the attribute; the critic now reads 2x2 means, which
-    cancel such a pattern, and still sees a shape drawn at the same strength."""
+    """The critic reads 2x2 means, which cancel a texture at the pixel grid's frequency (so
+    the steer term cannot be satisfied by one), and still sees a shape drawn as strongly."""
     from cvae.networks import build_critic
 
     keras.utils.set_random_seed(0)
