@@ -107,8 +107,8 @@ def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> kera
     of `cvae.classifier`: that one is trained apart and only scores."""
     images = keras.Input((image_size, image_size, 3), name="images")
     # The critic reads the faces at half the side (means of 2x2 pixels): the steer term's
-    # critic passes are then a quarter of the work (training a third faster, fidelity the
-    # same within the seeds' spread), and a texture at the pixel grid's own frequency, the
+    # critic passes are then a quarter of the work (a training step about a fifth shorter,
+    # fidelity the same within the seeds' spread), and a texture at the pixel grid's own frequency, the
     # artefact a transposed convolution draws most easily, cancels out, so the decoder
     # cannot satisfy the critic with one.
     x = layers.AveragePooling2D(2, name="half_size")(images)
