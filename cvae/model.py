@@ -262,12 +262,20 @@ def edge_difference(images, reconstruction):
     alone, so the decoder learns them sooner. Signed differences, not their size
     (Mathieu et al. 2016): matching only the contrast's size let the decoder fill the eye
     region of faces it could not place with a dotted texture of the right contrast."""
-    def differences(x):
-        return x[:, 1:, :, :] - x[:, :-1, :, :], x[:, :, 1:, :] - x[:, :, :-1, :]
+    # The differences are linear, so those of the error are the errors of the differences.
+    # ops.slice, not x[:, 1:]: a strided slice's gradient (StridedSliceGrad) cost 18 ms of
+    # a 100 ms training step on the CPU; a plain slice's gradient is a pad.
+    error = ops.cast(images, "float32") - reconstruction
+    _, height, width, channels = error.shape
 
-    (down, across), (down_rec, across_rec) = differences(images), differences(reconstruction)
-    return (ops.sum(ops.square(down - down_rec), axis=(1, 2, 3))
-            + ops.sum(ops.square(across - across_rec), axis=(1, 2, 3)))
+    def difference(axis):
+        size = [-1, height, width, channels]
+        size[axis] -= 1
+        after = [0, 0, 0, 0]
+        after[axis] = 1
+        return ops.slice(error, after, size) - ops.slice(error, [0, 0, 0, 0], size)
+
+    return ops.sum(ops.square(difference(1)), axis=(1, 2, 3)) + ops.sum(ops.square(difference(2)), axis=(1, 2, 3))
 
 
 def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
