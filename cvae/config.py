@@ -65,7 +65,7 @@ class TrainParams(_Section):
     clip_norm: float = Field(1.0, gt=0.0)
     kl_warmup_epochs: float = Field(2.0, ge=0.0)
     xcov_weight: float = Field(100.0, ge=0.0)
-    edge_weight: float = Field(3.0, ge=0.0)
+    edge_weight: float = Field(6.0, ge=0.0)
     steer_weight: float = Field(50.0, ge=0.0)
     # attributes the steer term covers; empty: every attribute
     steer_attributes: list[str] = []
