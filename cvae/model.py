@@ -275,7 +275,8 @@ def edge_difference(images, reconstruction):
         after[axis] = 1
         return ops.slice(error, after, size) - ops.slice(error, [0, 0, 0, 0], size)
 
-    return ops.sum(ops.square(difference(1)), axis=(1, 2, 3)) + ops.sum(ops.square(difference(2)), axis=(1, 2, 3))
+    down, across = difference(1), difference(2)
+    return ops.sum(ops.square(down), axis=(1, 2, 3)) + ops.sum(ops.square(across), axis=(1, 2, 3))
 
 
 def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,

@@ -1,0 +1,46 @@
+"""benchmarks/step_profile.py: the profile of the real training step is read and tabled."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import yaml
+
+from cvae.config import params_from_dict
+from cvae.prepare import prepare
+from cvae.validation_report import SUMMARY_FILE
+from tests.conftest import PROJECT, stage_env, tiny_params_dict
+
+
+def test_the_step_profile_tables_the_convolutions_of_the_training_step(tmp_path, synthetic_root):
+    settings = tiny_params_dict(data={"image_size": 16})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    # prepared data, not its validation: a passing report stands in for it
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / SUMMARY_FILE).write_text(json.dumps({"success": True}))
+    prepare(params_from_dict(settings), synthetic_root, tmp_path / "validation", tmp_path / "prepared")
+
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "benchmarks" / "step_profile.py"), "--params", str(tmp_path / "params.yaml"),
+         "--prepared", str(tmp_path / "prepared"), "--steps", "2", "--top", "40"],
+        cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^batch 16: [\d.]+ ms per step", result.stdout, re.MULTILINE), result.stdout
+    op_types = re.findall(r"^\| (\w+) \| ([\d.]+) \| ([\d.]+)% \|", result.stdout, re.MULTILINE)
+    # the encoder's convolutions and their gradients run in every step, so they are profiled
+    assert any("Conv2D" in name and float(ms) > 0 for name, ms, _ in op_types), result.stdout
+    assert not any(name == "IDLE" for name, _, _ in op_types)
+
+
+def test_the_step_profile_names_a_missing_prepared_directory(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "benchmarks" / "step_profile.py"), "--params", str(PROJECT / "params.yaml"),
+         "--prepared", str(tmp_path / "nowhere")],
+        cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"no prepared training split under {tmp_path / 'nowhere'}" in result.stderr
