@@ -67,6 +67,7 @@ class TrainParams(_Section):
     xcov_weight: float = Field(100.0, ge=0.0)
     edge_weight: float = Field(6.0, ge=0.0)
     steer_weight: float = Field(50.0, ge=0.0)
+    critic_fake_weight: float = Field(2.0, ge=0.0)
     # attributes the steer term covers; empty: every attribute
     steer_attributes: list[str] = []
     lr_schedule: Literal["constant", "cosine"] = "cosine"

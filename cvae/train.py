@@ -121,6 +121,7 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         edge_weight=p.edge_weight,
         steer_weight=p.steer_weight,
         steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
+        critic_fake_weight=p.critic_fake_weight,
     )
 
 

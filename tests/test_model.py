@@ -124,13 +124,14 @@ def test_the_correlation_penalty_enters_the_training_objective():
     assert losses[1000.0]["loss"] == pytest.approx(losses[0.0]["loss"] + 1000.0 * losses[0.0]["xcov"], rel=1e-4)
 
 
-def _steered(weight: float, mask=None, seed: int = 0) -> CVAE:
+def _steered(weight: float, mask=None, seed: int = 0, critic_fake_weight: float = 0.0) -> CVAE:
     """A tiny CVAE with its critic; the same initial weights for every weight and mask."""
     from cvae.networks import build_critic, build_decoder, build_encoder
 
     keras.utils.set_random_seed(seed)
     return CVAE(build_encoder(16, 3, [8, 16], 4), build_decoder(16, 3, [8, 16], 4), beta=1.0, decoder_std=0.1,
-                seed=0, critic=build_critic(16, 3, [8]), steer_weight=weight, steer_mask=mask)
+                seed=0, critic=build_critic(16, 3, [8]), steer_weight=weight, steer_mask=mask,
+                critic_fake_weight=critic_fake_weight)
 
 
 def _one_step(model: CVAE, images, condition) -> dict[str, list[np.ndarray]]:
@@ -170,12 +171,35 @@ def test_the_decoder_learns_from_the_steer_term_and_the_critic_only_from_real_fa
     assert max(np.abs(update).max() for update in steered["critic"]) > 0  # the critic does learn
 
 
+def test_the_critic_learns_that_decoded_faces_lack_what_they_were_asked_to_show():
+    images, _ = batch(8)
+    # every row the same, so the steer term's shuffled targets are these rows
+    condition = np.tile(np.array([[1.0, -1.0, 1.0]], "float32"), (8, 1))
+    z = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    model = _steered(50.0, [1.0, 1.0, 0.0], critic_fake_weight=2.0)
+    _, _, fake = (np.asarray(t) for t in model._steer_terms(images, condition, z, training=False))
+    logits = np.asarray(model.critic(model.decoder([z, condition])))
+    # "absent" for the one attribute that is both asked for (+1) and steered: log(1 + e^logit)
+    np.testing.assert_allclose(fake, np.logaddexp(0.0, logits[:, 0]), rtol=1e-5)
+    off = _steered(50.0, [1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(off._steer_terms(images, condition, z, training=False)[2]), 0.0)
+
+
+def test_the_critics_lesson_on_decoded_faces_trains_the_critic_and_not_the_decoder():
+    images, condition = batch(32)
+    plain = _one_step(_steered(50.0), images, condition)
+    strict = _one_step(_steered(50.0, critic_fake_weight=5.0), images, condition)
+    for a, b in zip(plain["decoder"], strict["decoder"]):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+    assert max(np.abs(a - b).max() for a, b in zip(plain["critic"], strict["critic"])) > 1e-6
+
+
 def test_a_steered_model_round_trips_with_its_critic(tmp_path):
-    model = _steered(5.0, [1.0, 0.0, 1.0])
+    model = _steered(5.0, [1.0, 0.0, 1.0], critic_fake_weight=2.0)
     images, _ = batch(2)
     model.save(tmp_path / "m.keras")
     loaded = load_cvae(tmp_path / "m.keras")
-    assert (loaded.steer_weight, loaded.steer_mask) == (5.0, [1.0, 0.0, 1.0])
+    assert (loaded.steer_weight, loaded.steer_mask, loaded.critic_fake_weight) == (5.0, [1.0, 0.0, 1.0], 2.0)
     np.testing.assert_allclose(np.asarray(loaded.critic(images)), np.asarray(model.critic(images)), atol=1e-6)
 
 
