@@ -265,6 +265,22 @@ def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
     )
 
 
+def _stage_result(stage: str, context: dg.AssetExecutionContext, dvc: DvcProject,
+                  pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+    """One stage's asset body, run while this step holds the DVC workspace."""
+    if stage == "validate":
+        return _validation_result(context, dvc, pipes_subprocess_client)
+    if stage == "check_source":
+        return _source_result(context, dvc, pipes_subprocess_client)
+    force = stage == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
+    run_metadata = _run_metadata(dvc.pending_changes(stage), force)
+    context.log.info(f"{stage}: {run_metadata['dvc_run']}")
+    dvc.repro(context, pipes_subprocess_client, stage, force=force)
+    lock_metadata, version = _lock_metadata(dvc.root, stage)
+    return dg.MaterializeResult(metadata={**DESCRIBE[stage](dvc.root), **run_metadata, **lock_metadata},
+                                data_version=version)
+
+
 def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
     spec = STAGE_ASSETS[stage]
     check_specs = (
@@ -293,17 +309,8 @@ def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
     )
     def _asset(context: dg.AssetExecutionContext, dvc: DvcProject,
                pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
-        if stage == "validate":
-            return _validation_result(context, dvc, pipes_subprocess_client)
-        if stage == "check_source":
-            return _source_result(context, dvc, pipes_subprocess_client)
-        force = stage == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
-        run_metadata = _run_metadata(dvc.pending_changes(stage), force)
-        context.log.info(f"{stage}: {run_metadata['dvc_run']}")
-        dvc.repro(context, pipes_subprocess_client, stage, force=force)
-        lock_metadata, version = _lock_metadata(dvc.root, stage)
-        return dg.MaterializeResult(metadata={**DESCRIBE[stage](dvc.root), **run_metadata, **lock_metadata},
-                                    data_version=version)
+        with dvc.turn(context):
+            return _stage_result(stage, context, dvc, pipes_subprocess_client)
 
     return _asset
 

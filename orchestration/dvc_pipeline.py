@@ -13,13 +13,19 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import dagster as dg
 import yaml
+from filelock import FileLock
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# step log lines of DvcProject.turn
+TURN_TAKEN, TURN_ENDED = "took the DVC workspace of", "gave back the DVC workspace of"
+WAITING = "waiting for another step's DVC run in"
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,31 @@ class DvcProject(dg.ConfigurableResource):
         # Stage commands call `cvae`: put this environment's bin first so DVC finds it.
         bin_dir = str(Path(sys.executable).parent)
         return {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+
+    @contextmanager
+    def turn(self, context: dg.AssetExecutionContext) -> Iterator[None]:
+        """Hold this project's DVC workspace for one asset step, across processes.
+
+        The "dvc" pool should already give steps turns, but Dagster's SQLite storage claims a
+        pool slot with a SELECT ... FOR UPDATE that SQLite ignores, so two runs starting at once
+        can both take the one slot; and `dvc repro --wait-for-lock` waits only for DVC's repo
+        lock, which DVC releases while a stage's command runs, so the second run then fails on
+        "'data/...' is busy". An OS file lock makes the status check and the repro one turn.
+        """
+        lock_path = self.root / ".dvc" / "tmp" / "dagster-step.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except TimeoutError:  # filelock.Timeout subclasses it
+            context.log.info(f"{WAITING} {self.root} to finish")
+            lock.acquire()
+        try:
+            context.log.debug(f"{TURN_TAKEN} {self.root}")
+            yield
+        finally:
+            context.log.debug(f"{TURN_ENDED} {self.root}")
+            lock.release()
 
     def pending_changes(self, stage: str) -> list[str]:
         """Why DVC would rerun `stage` now (empty: it is up to date and will be skipped)."""

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import dagster as dg
 import yaml
+from filelock import FileLock
 
 from orchestration.assets import STAGE_ASSETS
 from orchestration.definitions import defs
-from orchestration.dvc_pipeline import DvcProject
+from orchestration.dvc_pipeline import TURN_ENDED, TURN_TAKEN, WAITING, DvcProject
 from orchestration.schedules import FAILURE_LOG, record_run_failures
 from tests.conftest import BIN, PROJECT, dvc_changes, make_dvc_repo, stage_env, tiny_params_dict
 from tests.test_dagster import WIDE, resources
@@ -20,54 +23,102 @@ from tests.test_dagster import WIDE, resources
 DATA_ASSETS = [STAGE_ASSETS[stage].name for stage in ("check_source", "download", "validate", "prepare")]
 
 
-def _step_intervals(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
-    """step key -> (start, end) timestamps of the steps that ran in `run_id`."""
-    starts, ends = {}, {}
+def _intervals(instance: dg.DagsterInstance, run_id: str) -> tuple[dict, dict]:
+    """(step key -> (start, end) of the step, step key -> (start, end) of its turn at DVC's
+    workspace) for the steps that ran in `run_id`."""
+    steps, turns = {}, {}
     for record in instance.all_logs(run_id):
-        event = record.dagster_event
-        if event is None or event.step_key is None:
+        event, key = record.dagster_event, record.step_key
+        if key is None:
             continue
-        if event.event_type == dg.DagsterEventType.STEP_START:
-            starts[event.step_key] = record.timestamp
-        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
-            ends[event.step_key] = record.timestamp
-    return {key: (starts[key], ends[key]) for key in starts}
+        if event is None and record.user_message.startswith(TURN_TAKEN):
+            turns[key] = (record.timestamp, None)
+        elif event is None and record.user_message.startswith(TURN_ENDED):
+            turns[key] = (turns[key][0], record.timestamp)
+        elif event is not None and event.event_type == dg.DagsterEventType.STEP_START:
+            steps[key] = (record.timestamp, None)
+        elif event is not None and event.event_type in (dg.DagsterEventType.STEP_SUCCESS,
+                                                        dg.DagsterEventType.STEP_FAILURE):
+            steps[key] = (steps[key][0], record.timestamp)
+    return steps, turns
 
 
-def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tmp_path):
+def _overlaps(spans: list[tuple[float, float]]) -> list:
+    spans = sorted(spans)
+    return [(one, other) for one, other in zip(spans, spans[1:]) if other[0] < one[1]]
+
+
+def _materialise_twice_at_once(tmp_path, dagster_yaml: Path | None, assets: list[str],
+                               hold_workspace: bool = False) -> tuple[Path, list]:
+    """Start two `dagster asset materialize` of `assets` at the same moment on one persistent
+    instance and wait for both to succeed. With `hold_workspace`, this test holds DVC's workspace
+    until both runs wait for it, so that both then go for it at once.
+    -> (the DVC repo, [(steps, turns) of each run])."""
     repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": WIDE}))
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT / "orchestration/dagster.yaml", home / "dagster.yaml")  # the pools of `make ui`
+    if dagster_yaml is not None:
+        shutil.copy(dagster_yaml, home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         # the instance's tables exist before the runs start, as under `make ui`: two processes
         # creating a fresh SQLite store at once race each other ("table ... already exists")
         instance.upgrade()
     env = {**stage_env(), "DAGSTER_HOME": str(home), "CVAE_PROJECT_DIR": str(repo)}
     command = [str(BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
-               "--select", ",".join(DATA_ASSETS)]
+               "--select", ",".join(assets)]
     logs = [tmp_path / f"run-{index}.log" for index in (1, 2)]
+    workspace = FileLock(repo / ".dvc/tmp/dagster-step.lock")
+    if hold_workspace:
+        (repo / ".dvc/tmp").mkdir(exist_ok=True)
+        workspace.acquire()
     runs = []
     for log in logs:
         with log.open("w") as out:
             runs.append(subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT))
+    if hold_workspace:
+        deadline = time.monotonic() + 300
+        while not all(WAITING in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and all(run.poll() is None for run in runs), \
+                "both runs should wait for the workspace:\n" + "\n".join(log.read_text()[-3000:] for log in logs)
+            time.sleep(0.5)
+        workspace.release()
     codes = [run.wait(timeout=600) for run in runs]
-    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
-
+    assert codes == [0, 0], "\n".join(log.read_text()[-6000:] for log in logs)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         run_ids = [record.dagster_run.run_id for record in instance.get_run_records()]
         assert len(run_ids) == 2
         assert all(instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS for run_id in run_ids)
-        first, second = (_step_intervals(instance, run_id) for run_id in run_ids)
-    assert set(first) == set(second) == set(DATA_ASSETS)
-    # the DVC pool holds one step at a time across both runs: no two steps overlap in time
-    spans = sorted([*first.values(), *second.values()])
-    for (_, end), (start, _) in zip(spans, spans[1:]):
-        assert start >= end, f"steps of the two runs overlapped: {spans}"
+        return repo, [_intervals(instance, run_id) for run_id in run_ids]
+
+
+def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tmp_path):
+    # the pools of `make ui`
+    repo, runs = _materialise_twice_at_once(tmp_path, PROJECT / "orchestration/dagster.yaml", DATA_ASSETS)
+    (first_steps, first_turns), (second_steps, second_turns) = runs
+    assert set(first_steps) == set(second_steps) == set(first_turns) == set(second_turns) == set(DATA_ASSETS)
+    # one step holds DVC's workspace at a time across both runs. (Not the whole step: the
+    # "dvc" pool would give that, but two runs starting at once on SQLite storage can both
+    # claim its one slot; the file lock of DvcProject.turn still holds them apart.)
+    turns = [*first_turns.values(), *second_turns.values()]
+    assert not _overlaps(turns), f"two steps used DVC's workspace at once: {sorted(turns)}"
     # and DVC's workspace is what dvc.lock says: every output whole and recorded
     assert dvc_changes(repo, "check_source", "download", "validate", "prepare") == {}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert {"download", "validate", "prepare"} <= set(lock)
+
+
+def test_without_a_pool_two_runs_still_take_turns_at_dvc(tmp_path):
+    """An instance without the "dvc" pool limit (a DAGSTER_HOME made by hand) starts both runs'
+    steps at once: DVC itself would fail the second on "'data/source.json' is busy"."""
+    assets = DATA_ASSETS[:2]  # check_source and download: the race is at the first step
+    repo, runs = _materialise_twice_at_once(tmp_path, None, assets, hold_workspace=True)
+    (first_steps, first_turns), (second_steps, second_turns) = runs
+    assert set(first_turns) == set(second_turns) == set(assets)
+    # without the pool, both runs' first steps ran at once: the turns were the file lock's doing
+    assert _overlaps([first_steps[assets[0]], second_steps[assets[0]]])
+    turns = [*first_turns.values(), *second_turns.values()]
+    assert not _overlaps(turns), f"two steps used DVC's workspace at once: {sorted(turns)}"
+    assert dvc_changes(repo, "check_source", "download") == {}
 
 
 def test_a_failed_run_is_appended_to_the_failure_log(tmp_path):
