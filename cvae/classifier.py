@@ -48,10 +48,16 @@ class AttributeClassifier(keras.Model):
 
 def build_classifier(image_size: int, attribute_names: list[str], filters: list[int]) -> AttributeClassifier:
     images = keras.Input((image_size, image_size, 3), name="images")
-    x = images
+    # Pixels centred to [-1, 1] and leaky units, as in the CVAE's encoder. With [0, 1] inputs
+    # and plain ReLUs the judge learnt the thin features slowly: after 10 epochs it missed
+    # 13% of the held-out faces' closed smiles (an arc against a straight line), and a
+    # higher learning rate, which would have sped it up, killed its units instead.
+    x = layers.Rescaling(2.0, offset=-1.0, name="centre")(images)
     for width in filters:
-        x = layers.Conv2D(width, 3, strides=2, padding="same", activation="relu")(x)
-        x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(width, 3, strides=2, padding="same")(x)
+        x = layers.LeakyReLU(0.2)(x)
+        x = layers.Conv2D(width, 3, padding="same")(x)
+        x = layers.LeakyReLU(0.2)(x)
     x = layers.Flatten()(x)  # not pooled: where a feature sits (mouth, eyes, hair) matters
     x = layers.Dropout(0.3)(x)
     x = layers.Dense(128, activation="relu")(x)
