@@ -81,6 +81,8 @@ class ClassifierParams(_Section):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     filters: list[int] = Field([32, 64, 128], min_length=1)
+    # attributes learnt from the images; the others get a constant (their prevalence); empty: all
+    attributes: list[str] = []
 
 
 class EvaluateParams(_Section):

@@ -52,6 +52,7 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced):
     assert set(metrics["edit"]["Smiling"]) == {"success", "others_kept", "pixel_mse"}
     classifier = json.loads((repo / "reports/classifier.json").read_text())
     assert set(classifier["attributes"]["Smiling"]) == {"accuracy", "balanced_accuracy", "prevalence"}
+    assert classifier["learnt_attributes"] == tiny_params_dict()["classifier"]["attributes"]
     assert (repo / "models/cvae.keras").stat().st_size > 0
     for name in CAPTIONS:
         with Image.open(repo / "reports/figures" / name) as image:
