@@ -141,8 +141,7 @@ def train_classifier(params: Params, prepared_dir: str | Path, model_path: str |
         epochs=p.epochs,
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    report = score_classifier(classifier, test_split, params.evaluate.batch_size)
-    report["learnt_attributes"] = learnt  # the others are answered by their prevalence
+    report = score_classifier(classifier, test_split, params.evaluate.batch_size, learnt)
     with replace_file(model_path) as staging:
         classifier.save(staging)
     with replace_file(report_path) as staging:
@@ -150,9 +149,13 @@ def train_classifier(params: Params, prepared_dir: str | Path, model_path: str |
     return report
 
 
-def score_classifier(classifier: AttributeClassifier, split: PreparedSplit, batch_size: int) -> dict:
+def score_classifier(classifier: AttributeClassifier, split: PreparedSplit, batch_size: int,
+                     learnt: list[str] | None = None) -> dict:
     """Accuracy and balanced accuracy (mean of the +1 and -1 recalls) per attribute on
-    `split`; balanced accuracy is what matters for a rare attribute."""
+    `split`; balanced accuracy is what matters for a rare attribute. `learnt`: the attributes
+    read from the images (None: all); each is marked, and their mean accuracy reported apart
+    (the others are answered by their prevalence)."""
+    learnt = list(learnt or split.attribute_names)
     predicted = np.concatenate([
         predict_attributes(classifier, split.unit_images(slice(start, start + batch_size)), batch_size)
         for start in range(0, len(split), batch_size)
@@ -166,10 +169,12 @@ def score_classifier(classifier: AttributeClassifier, split: PreparedSplit, batc
             "accuracy": round(float(right.mean()), 4),
             "balanced_accuracy": round(float(np.mean(recalls)), 4),
             "prevalence": round(float((truth[:, index] > 0).mean()), 4),
+            "learnt": name in learnt,
         }
     return {
         "test_images": len(split),
         "mean_accuracy": round(float(np.mean([a["accuracy"] for a in per_attribute.values()])), 4),
+        "learnt_mean_accuracy": round(float(np.mean([per_attribute[name]["accuracy"] for name in learnt])), 4),
         "attributes": per_attribute,
     }
 

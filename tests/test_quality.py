@@ -119,12 +119,14 @@ def test_the_judge_is_scored_per_attribute_with_balanced_accuracy(tmp_path):
     np.save(tmp_path / "shard.npy", np.broadcast_to(pixels, (10, SIZE, SIZE, 3)).astype(np.uint8))
     split = PreparedSplit(ShardedImages([tmp_path / "shard.npy"], [10], SIZE), attributes,
                           [f"{i}.jpg" for i in range(10)], NAMES)
-    report = score_classifier(judge(), split, batch_size=4)
+    report = score_classifier(judge(), split, batch_size=4, learnt=["Bright", "Always"])
     scores = report["attributes"]
-    assert scores["Bright"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 0.3}
-    assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0}
+    assert scores["Bright"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 0.3, "learnt": True}
+    assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0, "learnt": True}
     # "Never" says -1 to everything: right on 7 of 10, but on none of the +1 faces
-    assert scores["Never"] == {"accuracy": 0.7, "balanced_accuracy": 0.5, "prevalence": 0.3}
+    assert scores["Never"] == {"accuracy": 0.7, "balanced_accuracy": 0.5, "prevalence": 0.3, "learnt": False}
+    assert (report["mean_accuracy"], report["learnt_mean_accuracy"]) == (0.9, 1.0)
+    assert all(scores["learnt"] for scores in score_classifier(judge(), split, 4)["attributes"].values())
 
 
 def test_reconstruction_fidelity_compares_the_judge_on_reconstructions_with_the_truth(held_out):
