@@ -89,6 +89,13 @@ def check_attribute_names(settings: dict[str, float], known: list[str]) -> None:
             raise CvaeError(f"unknown attribute {name!r}; {hint}")
 
 
+def check_conditioned(settings: dict[str, float], conditioned: list[str]) -> None:
+    blind = [name for name in settings if name not in conditioned]
+    if blind:
+        raise CvaeError(f"this model was trained blind to {', '.join(blind)} (train.condition_attributes),"
+                        f" so setting it changes nothing; it is conditioned on: {', '.join(conditioned)}")
+
+
 def draw_conditions(table: np.ndarray, names: list[str], settings: dict[str, float], count: int,
                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """`count` attribute vectors with `settings` applied and the other attributes drawn
@@ -124,6 +131,7 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
     pinned = _pin(model_path)
     model = load_model(pinned)
     check_attribute_names(settings, model.attribute_names)
+    check_conditioned(settings, model.conditioned_attributes)
     seed = int(np.random.default_rng().integers(SEED_LIMIT)) if seed is None else seed
     table = np.asarray(model.attribute_table)
     conditions, agreeing = draw_conditions(table, model.attribute_names, settings, count,
@@ -162,6 +170,7 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
     model = load_model(pinned)
     names = model.attribute_names
     check_attribute_names(edits, names)
+    check_conditioned(edits, model.conditioned_attributes)
     crop = LARGEST_SQUARE if crop is None else crop
     if attributes_from == "classifier":
         before = _attributes_by_classifier(attributes_path, image_path, crop, names)

@@ -48,9 +48,36 @@ class ShiftPerImage(layers.Layer):
         return features + shift[:, None, None, :]
 
 
-def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConditionMask(layers.Layer):
+    """Zeroes the attributes the model is not conditioned on, so neither network sees them.
+
+    An attribute the images do not show (25 of the synthetic faces' 40 are drawn at random,
+    apart from the picture) carries no information about the face, only about which
+    training face it is: a decoder that sees it can key faces on it and memorise them."""
+
+    def __init__(self, kept: list[bool], **kwargs):
+        super().__init__(**kwargs)
+        self.kept = [bool(flag) for flag in kept]
+
+    def call(self, condition):
+        return condition * ops.convert_to_tensor(self.kept, condition.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "kept": self.kept}
+
+
+def _conditioned(condition, kept: list[bool] | None):
+    """The condition as the network sees it: all of it, or the kept attributes alone."""
+    return condition if kept is None or all(kept) else ConditionMask(kept, name="condition_mask")(condition)
+
+
+def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
+                  kept: list[bool] | None = None) -> keras.Model:
+    """`kept`: per attribute, whether the network sees it (None: all)."""
     images = keras.Input((image_size, image_size, 3), name="images")
-    condition = keras.Input((n_attributes,), name="attributes")
+    attributes = keras.Input((n_attributes,), name="attributes")
+    condition = _conditioned(attributes, kept)
     # [0, 1] pixels centred to [-1, 1]: an all-positive input makes every filter's gradient
     # share a sign, and training then took two more epochs to reach the same error
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(images)
@@ -65,14 +92,16 @@ def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent
     # float32 even under mixed precision: the KL term and sampling read them
     z_mean = layers.Dense(latent_dim, dtype="float32", name="z_mean")(x)
     z_log_var = layers.Dense(latent_dim, dtype="float32", name="z_log_var")(x)
-    return keras.Model([images, condition], [z_mean, z_log_var], name="encoder")
+    return keras.Model([images, attributes], [z_mean, z_log_var], name="encoder")
 
 
-def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
+def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
+                  kept: list[bool] | None = None) -> keras.Model:
     """Mirror of the encoder: each block doubles the side and halves the channels, and
     every block is modulated by the condition."""
     z = keras.Input((latent_dim,), name="z")
-    condition = keras.Input((n_attributes,), name="attributes")
+    attributes = keras.Input((n_attributes,), name="attributes")
+    condition = _conditioned(attributes, kept)
     side = image_size // 2 ** len(filters)
     x = layers.Concatenate()([z, condition])
     x = layers.Dense(side * side * filters[-1])(x)
@@ -97,7 +126,7 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
     logits = ShiftPerImage(dtype="float32")(logits, colour)
     # sigmoid: the data lie in [0, 1], and so must the mean of the likelihood
     images = layers.Activation("sigmoid", dtype="float32", name="images")(logits)
-    return keras.Model([z, condition], images, name="decoder")
+    return keras.Model([z, attributes], images, name="decoder")
 
 
 def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> keras.Model:

@@ -122,12 +122,18 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         steer_weight=p.steer_weight,
         steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
         critic_fake_weight=p.critic_fake_weight,
+        conditioned=_conditioned(p.condition_attributes, train_split.attribute_names),
     )
 
 
 def _steer_mask(wanted: list[str], available: list[str]) -> list[float]:
     chosen = check_attributes(wanted, available, "train.steer_attributes")
     return [1.0 if name in chosen else 0.0 for name in available]
+
+
+def _conditioned(wanted: list[str], available: list[str]) -> list[bool]:
+    chosen = check_attributes(wanted, available, "train.condition_attributes")
+    return [name in chosen for name in available]
 
 
 def _in_float32(model: CVAE, params: Params, train_split: PreparedSplit, steps_per_epoch: int) -> CVAE:

@@ -42,6 +42,30 @@ def test_the_decoder_uses_the_condition_at_every_stage(model):
     assert len(modulated) == len([8, 16])  # the dense stem and each upsampling block but the output
 
 
+def test_a_model_blind_to_an_attribute_ignores_it_and_remembers_so(tmp_path):
+    blind = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0, decoder_std=0.1,
+                       seed=0, attribute_names=["A", "B", "C"], conditioned=[True, False, True])
+    blind.save(tmp_path / "blind.keras")
+    for model in (blind, load_cvae(tmp_path / "blind.keras")):
+        images, condition = batch(4)
+        z = np.zeros((4, 4), np.float32)
+        other_b, other_c = condition.copy(), condition.copy()
+        other_b[:, 1] *= -1
+        other_c[:, 2] *= -1
+        np.testing.assert_array_equal(model.decoder([z, condition]), model.decoder([z, other_b]))
+        np.testing.assert_array_equal(model.encoder([images, condition])[0], model.encoder([images, other_b])[0])
+        assert np.abs(np.asarray(model.decoder([z, condition])) - np.asarray(model.decoder([z, other_c]))).max() > 1e-4
+        assert np.abs(np.asarray(model.encoder([images, condition])[0])
+                      - np.asarray(model.encoder([images, other_c])[0])).max() > 1e-6
+        assert model.conditioned_attributes == ["A", "C"]
+    assert model_of_all().conditioned_attributes == ["attribute_0", "attribute_1", "attribute_2"]
+
+
+def model_of_all():
+    return build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0, decoder_std=0.1,
+                      seed=0, conditioned=[True, True, True])
+
+
 def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_path):
     model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
                        decoder_std=0.1, seed=0)

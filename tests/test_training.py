@@ -338,6 +338,16 @@ def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepar
     assert chosen == sorted(chosen, key=model.attribute_names.index) and set(chosen) == {"Smiling", "Male"}
 
 
+def test_training_conditions_on_the_chosen_attributes_and_names_an_unknown_one(prepared, tmp_path):
+    with pytest.raises(CvaeError, match=r"train.condition_attributes: \['Smilng'\] not among"):
+        train(make_params(**ONE_EPOCH, condition_attributes=["Smilng"]), prepared, tmp_path / "bad.keras",
+              tmp_path / "bad")
+    assert not (tmp_path / "bad.keras").exists()
+    train(make_params(**ONE_EPOCH, condition_attributes=["Smiling", "Male"]), prepared, tmp_path / "cvae.keras",
+          tmp_path / "train")
+    assert load_cvae(tmp_path / "cvae.keras").conditioned_attributes == ["Male", "Smiling"]  # the data's order
+
+
 def test_on_a_gpu_the_step_is_really_compiled_with_xla(prepared, one_epoch, tmp_path, monkeypatch, capsys):
     """Keras drops jit_compile=True while op determinism is on; on a GPU train turns
     determinism off so that XLA is used. The GPU is pretended (XLA compiles on a CPU too)."""
