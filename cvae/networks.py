@@ -141,6 +141,10 @@ def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> kera
     # artefact a transposed convolution draws most easily, cancels out, so the decoder
     # cannot satisfy the critic with one.
     x = layers.AveragePooling2D(2, name="half_size")(images)
+    # centred to [-1, 1] as in the encoder and the judge: on [0, 1] pixels the critic hardly
+    # learnt the thin features, and the steer term cannot teach what the critic cannot see
+    # (Smiling edit success .75 / .81 against .69 / .76, seeds 42 / 1; it costs nothing)
+    x = layers.Rescaling(2.0, offset=-1.0, name="centre")(x)
     for width in filters:
         x = layers.Conv2D(width, 4, strides=2, padding="same")(x)
         x = layers.LeakyReLU(0.2)(x)

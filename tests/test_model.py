@@ -245,6 +245,20 @@ def test_a_colour_shared_by_every_pixel_is_learnt_in_three_epochs():
     assert mse < mean_image_mse / 5  # 17x below with the path, 2.3x without
 
 
+def test_the_critic_reads_pixels_centred_on_mid_grey():
+    """A mid-grey face reaches the critic's convolutions as zeros (pixels centred to [-1, 1],
+    as in the encoder and the judge), so its logits are the output layer's bias alone."""
+    from cvae.networks import build_critic
+
+    keras.utils.set_random_seed(0)
+    critic = build_critic(16, 3, [8, 16])
+    logits_layer = critic.get_layer("logits")
+    logits_layer.bias.assign(np.array([0.5, -1.0, 2.0], dtype=np.float32))
+    grey = np.full((2, 16, 16, 3), 0.5, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(critic(grey)), [[0.5, -1.0, 2.0]] * 2, atol=1e-6)
+    assert np.abs(np.asarray(critic(grey + 0.2)) - [0.5, -1.0, 2.0]).max() > 1e-3
+
+
 def test_the_critic_is_blind_to_a_pattern_alternating_from_pixel_to_pixel():
     """The critic reads 2x2 means, which cancel a texture at the pixel grid's frequency (so
     the steer term cannot be satisfied by one), and still sees a shape drawn as strongly."""
