@@ -19,7 +19,8 @@
    term's second decode and two critic passes), counted on its traced TensorFlow graph.
 3. The peak FLOP/s of this machine (a large float32 matrix product in TensorFlow, all
    cores, the better of oneDNN's and Eigen's), measured in every round in fresh processes
-   too, and the share of it each contender reaches.
+   too, and the share of it each contender reaches; the bfloat16 contender's share is of
+   the peak of a bfloat16 product (oneDNN's), measured alike.
 4. Peak RSS and wall time of real `cvae train` (one epoch) and `cvae evaluate` subprocesses
    on the synthetic set's 4,000 images and on ten times as many (the same faces repeated),
    everything else identical: the default model, but at 32 px (`--memory-image-size`), so
@@ -76,7 +77,11 @@ CONTENDERS = {
     "shards": "(b) prepared shards + tf_dataset, XLA off, oneDNN kernels on (cvae train on a CPU)",
     "shards_tf_kernels": "(b) without cvae's oneDNN switch: TensorFlow's default CPU kernels",
     "shards_xla": "(b) with XLA on (jit_compile=True)",
+    "shards_bf16": "(b) in mixed_bfloat16 (train.precision=mixed_bfloat16): oneDNN's bfloat16 kernels",
 }
+# the contenders that compute in bfloat16, measured against the bfloat16 peak: a CPU with
+# AVX512_BF16 or AMX multiplies bfloat16 at twice its float32 rate or more
+BFLOAT16_CONTENDERS = {"shards_bf16"}
 # TensorFlow's own choice of CPU kernels, which `import cvae` overrides (TF_ENABLE_ONEDNN_OPTS=1):
 # oneDNN's only on CPUs with these features (tensorflow/core/util/port.cc), else Eigen's
 TF_ONEDNN_CPU_FLAGS = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
@@ -186,20 +191,20 @@ def timed_fit(model, data, batch_size: int, warmup: int, steps: int) -> dict:
             "system_s_per_step": (clock.cpu[last].system - clock.cpu[first].system) / steps}
 
 
-def matmul_operands() -> dict:
-    """A pair of random square float32 matrices per size, their product run once (the kernel
-    chosen and the pages touched before any clock)."""
+def matmul_operands(dtype: str = "float32") -> dict:
+    """A pair of random square matrices of `dtype` per size, their product run once (the
+    kernel chosen and the pages touched before any clock)."""
     import tensorflow as tf
 
     operands = {}
     for side in MATMUL_SIDES:
-        operands[side] = tf.random.normal((side, side), seed=1), tf.random.normal((side, side), seed=2)
+        operands[side] = tuple(tf.cast(tf.random.normal((side, side), seed=seed), dtype) for seed in (1, 2))
         tf.matmul(*operands[side])[0, 0].numpy()
     return operands
 
 
 def matmul_flops(operands: dict) -> dict[int, float]:
-    """FLOP/s of a float32 matrix product on all cores, per size, the best of a few."""
+    """FLOP/s of a matrix product on all cores, per size, the best of a few."""
     import tensorflow as tf
 
     rates = {}
@@ -213,12 +218,13 @@ def matmul_flops(operands: dict) -> dict[int, float]:
     return rates
 
 
-def compiled_model(params, split, jit_compile: bool):
+def compiled_model(params, split, jit_compile: bool, precision: str = "float32"):
     """A default model built and compiled the way `cvae.train.train` does."""
-    from cvae.train import new_model, make_optimizer
+    from cvae.train import _precision_policy, make_optimizer, new_model
 
     steps_per_epoch = math.ceil(len(split) / params.train.batch_size)
-    model = new_model(params, split, steps_per_epoch)
+    with _precision_policy(precision):
+        model = new_model(params, split, steps_per_epoch)
     model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile)
     return model
 
@@ -243,7 +249,8 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
                                 params.data.crop, params.data.image_size)
     else:
         data = _training_batches(split, p, params.seed, first_epoch=0)  # what train streams
-    model = compiled_model(params, split, jit_compile=key == "shards_xla")
+    model = compiled_model(params, split, jit_compile=key == "shards_xla",
+                           precision="mixed_bfloat16" if key in BFLOAT16_CONTENDERS else "float32")
     if model.jit_compile != (key == "shards_xla"):
         raise SystemExit(f"{key}: Keras compiled with jit_compile={model.jit_compile}")
     return timed_fit(model, data, p.batch_size, warmup, steps)
@@ -272,6 +279,7 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     turns = {key: [] for key in CONTENDERS}
     matmul = {side: [] for side in MATMUL_SIDES}
+    matmul_bf16 = {side: [] for side in MATMUL_SIDES}
     tf_default = tensorflow_default_onednn()
     for turn in range(rounds):
         for key in CONTENDERS:
@@ -281,17 +289,23 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
             turns[key].append(in_fresh_process(arguments, onednn))
         # the peak under either kernel library (oneDNN's and Eigen's matmuls differ): the better
         kernels = [in_fresh_process(["--peak"], onednn) for onednn in ("0", "1")]
+        bf16 = in_fresh_process(["--peak", "--peak-dtype", "bfloat16"], "1")  # Eigen's has no fast bfloat16
         for side in MATMUL_SIDES:
             matmul[side].append(max(rates[str(side)] for rates in kernels))
+            matmul_bf16[side].append(bf16[str(side)])
         print(f"  round {turn + 1}/{rounds}: " + ", ".join(
             f"{key} {values[-1]['images_per_s']:.0f}" for key, values in turns.items())
               + " images/s; matmul " + ", ".join(f"{side}: {values[-1] / 1e9:.0f}" for side, values in
-                                                  matmul.items()) + " GFLOP/s", flush=True)
+                                                  matmul.items()) + " GFLOP/s; bfloat16 "
+              + ", ".join(f"{side}: {values[-1] / 1e9:.0f}" for side, values in matmul_bf16.items())
+              + " GFLOP/s", flush=True)
     results = {key: [turn["images_per_s"] for turn in values] for key, values in turns.items()}
     cpu = {key: {kind: float(np.median([turn[f"{kind}_s_per_step"] for turn in values]))
                  for kind in ("user", "system")} for key, values in turns.items()}
     matmul_median = {side: float(np.median(values)) for side, values in matmul.items()}
     round_peaks = [max(values[turn] for values in matmul.values()) for turn in range(rounds)]
+    bf16_median = {side: float(np.median(values)) for side, values in matmul_bf16.items()}
+    bf16_round_peaks = [max(values[turn] for values in matmul_bf16.values()) for turn in range(rounds)]
     return {
         "images_per_s": {key: float(np.median(values)) for key, values in results.items()},
         "rounds_images_per_s": results,
@@ -300,6 +314,10 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
         "matmul_flops": matmul_median,
         "rounds_matmul_flops": matmul,
         "rounds_peak_flops": round_peaks,  # the best size in each round
+        "peak_flops_bf16": max(bf16_median.values()),
+        "matmul_flops_bf16": bf16_median,
+        "rounds_matmul_flops_bf16": matmul_bf16,
+        "rounds_peak_flops_bf16": bf16_round_peaks,
         "warmup_steps": warmup, "timed_steps": steps, "batch_size": params.train.batch_size, "rounds": rounds,
         "image_size": params.data.image_size,
         "onednn": {key: tf_default if key in TF_DEFAULT_KERNELS else os.environ["TF_ENABLE_ONEDNN_OPTS"]
@@ -502,13 +520,18 @@ def print_report(report: dict, memory_params) -> None:
 
 def print_speed(speed: dict, flops: dict) -> None:
     rates, peak, per_image = speed["images_per_s"], speed["peak_flops"], flops["executed"]
+
+    def peak_of(key: str, rounds: bool = False):
+        suffix = "_bf16" if key in BFLOAT16_CONTENDERS else ""
+        return speed[f"rounds_peak_flops{suffix}" if rounds else f"peak_flops{suffix}"]
+
     # the machine's speed drifts (it is shared): each round's rate over that round's peak as well
     round_shares = {
         key: float(np.median([rate * per_image / round_peak for rate, round_peak
-                              in zip(speed["rounds_images_per_s"][key], speed["rounds_peak_flops"])]))
+                              in zip(speed["rounds_images_per_s"][key], peak_of(key, rounds=True))]))
         for key in CONTENDERS
     }
-    speed["share_of_peak"] = {key: rates[key] * per_image / peak for key in CONTENDERS}
+    speed["share_of_peak"] = {key: rates[key] * per_image / peak_of(key) for key in CONTENDERS}
     speed["share_of_peak_per_round_median"] = round_shares
     print(f"\n## Training throughput, default model at {speed['image_size']} px (batch {speed['batch_size']};"
           f" median of {speed['rounds']} rounds of {speed['timed_steps']} steps after {speed['warmup_steps']}"
@@ -542,9 +565,19 @@ def print_speed(speed: dict, flops: dict) -> None:
          + ", ".join(f"{value / 1e9:.0f}" for value in speed["rounds_matmul_flops"][side]) + ")"]
         for side, rate in speed["matmul_flops"].items()
     ]
+    bf16_rows = [
+        [f"bfloat16 matmul {side}x{side} (oneDNN; best of {MATMUL_REPEATS} per round, median of rounds)",
+         f"{rate / 1e9:.1f} GFLOP/s (rounds: "
+         + ", ".join(f"{value / 1e9:.0f}" for value in speed["rounds_matmul_flops_bf16"][side]) + ")"]
+        for side, rate in speed["matmul_flops_bf16"].items()
+    ]
     share_rows = [[f"{label}: images/s x FLOPs/image", f"{rates[key] * per_image / 1e9:.2f} GFLOP/s"
-                   f" = {speed['share_of_peak'][key]:.1%} of the peak"] for key, label in CONTENDERS.items()]
+                   f" = {speed['share_of_peak'][key]:.1%} of the"
+                   f" {'bfloat16 ' if key in BFLOAT16_CONTENDERS else ''}peak"]
+                  for key, label in CONTENDERS.items()]
     print(table(["", ""], [*matmul_rows, ["**peak (the best size)**", f"**{peak / 1e9:.1f} GFLOP/s**"],
+                           *bf16_rows, ["**bfloat16 peak (the best size)**",
+                                        f"**{speed['peak_flops_bf16'] / 1e9:.1f} GFLOP/s**"],
                            *share_rows]))
 
 
@@ -576,6 +609,7 @@ def main() -> None:
     # the workers of the throughput section, each run in a fresh process by the main one
     parser.add_argument("--contender", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--raw", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--prepared", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
@@ -585,7 +619,7 @@ def main() -> None:
         print(json.dumps(contender_turn(args.contender, args.raw, args.prepared, args.warmup, args.steps)))
         return
     if args.peak:
-        print(json.dumps(matmul_flops(matmul_operands())))
+        print(json.dumps(matmul_flops(matmul_operands(args.peak_dtype))))
         return
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     if args.quick:
