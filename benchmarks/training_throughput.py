@@ -232,8 +232,11 @@ def compiled_model(params, split, jit_compile: bool, precision: str = "float32")
 def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int) -> dict:
     """One contender's turn, in this (fresh) process: its model, its data, the timed fit."""
     from cvae.dataset import load_split
-    from cvae.train import _training_batches, seed_everything
+    from cvae.train import _training_batches, configure_cpu_threads, seed_everything
 
+    # the project's path runs on train's threads (set before anything starts TensorFlow's
+    # runtime); the tutorial's way on TensorFlow's defaults
+    threads = "TensorFlow's default threads" if key == "tutorial" else configure_cpu_threads()
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     p = params.train
     # as train does: op determinism on a CPU, but not with XLA (Keras would drop jit_compile)
@@ -253,7 +256,7 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
                            precision="mixed_bfloat16" if key in BFLOAT16_CONTENDERS else "float32")
     if model.jit_compile != (key == "shards_xla"):
         raise SystemExit(f"{key}: Keras compiled with jit_compile={model.jit_compile}")
-    return timed_fit(model, data, p.batch_size, warmup, steps)
+    return {**timed_fit(model, data, p.batch_size, warmup, steps), "threads": threads}
 
 
 def tensorflow_default_onednn() -> str:
@@ -274,8 +277,6 @@ def in_fresh_process(arguments: list[str], onednn: str | None = None) -> dict:
 
 
 def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) -> dict:
-    import tensorflow as tf
-
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     turns = {key: [] for key in CONTENDERS}
     matmul = {side: [] for side in MATMUL_SIDES}
@@ -322,9 +323,7 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
         "image_size": params.data.image_size,
         "onednn": {key: tf_default if key in TF_DEFAULT_KERNELS else os.environ["TF_ENABLE_ONEDNN_OPTS"]
                    for key in CONTENDERS},  # TF_ENABLE_ONEDNN_OPTS of each contender's process
-        # TensorFlow's defaults, as in each contender's process
-        "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                       "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+        "threads": {key: values[0]["threads"] for key, values in turns.items()},  # TensorFlow's, per contender
     }
 
 
@@ -506,8 +505,8 @@ def print_report(report: dict, memory_params) -> None:
     print(table(["", ""], [
         ["CPU", about["cpu"]], ["cores (usable)", about["cores"]], ["memory", f"{about['memory_gib']} GiB"],
         ["Python", about["python"]], ["TensorFlow", about["tensorflow"]], ["Keras", about["keras"]],
-        *([["TF threads (intra-op, inter-op; 0 = all cores)",
-            f"{speed['tf_threads']['intra_op']}, {speed['tf_threads']['inter_op']}"],
+        *([["TensorFlow's threads per contender", ", ".join(f"{key}: {value}" for key, value in
+                                                           speed["threads"].items())],
            ["TF_ENABLE_ONEDNN_OPTS per contender",
             ", ".join(f"{key} {value}" for key, value in speed["onednn"].items())]] if speed else []),
         ["load average before / after (1, 5, 15 min)", loads],

@@ -190,11 +190,15 @@ class CVAE(keras.Model):
             return ops.sum(per_attribute * mask, axis=-1)
 
         real = ops.cast(images, "float32")
-        steer = cross_entropy(self.critic(edited, training=training), target)
+        edited_logits = self.critic(edited, training=training)
+        steer = cross_entropy(edited_logits, target)
         critic_real = cross_entropy(self.critic(real, training=training), condition)
         if not self.critic_fake_weight:
             return steer, critic_real, ops.zeros_like(critic_real)
-        logits = ops.cast(self.critic(ops.stop_gradient(edited), training=training), "float32")
+        # the steer term's critic pass serves the lesson too (one pass fewer per step): the
+        # lesson is differentiated for the critic's weights alone (train_step), so nothing of
+        # it reaches the decoder through `edited`
+        logits = ops.cast(edited_logits, "float32")
         asked = ops.cast(target > 0, "float32") * mask
         absent = ops.binary_crossentropy(ops.zeros_like(logits), logits, from_logits=True)
         return steer, critic_real, ops.sum(absent * asked, axis=-1)
@@ -216,7 +220,9 @@ class CVAE(keras.Model):
         else:
             # two objectives: the critic learns the attributes from real faces only (were it
             # to learn to see them in decoded ones too, it and the decoder could agree on a
-            # code no one else sees); from decoded faces it learns only that they do not count
+            # code no one else sees); from decoded faces it learns only that they do not count.
+            # Each objective is differentiated for its own weights alone: the critic's reads
+            # the decoded faces, and must not reach the decoder through them
             generator = self.encoder.trainable_weights + self.decoder.trainable_weights
             critic = self.critic.trainable_weights
             gradients = tape.gradient(scaled_loss, generator) + tape.gradient(scaled_critic_loss, critic)

@@ -373,3 +373,32 @@ def test_on_a_cpu_the_step_runs_without_xla_and_deterministically(prepared, tmp_
     train(make_params(**ONE_EPOCH), prepared, tmp_path / "cvae.keras", tmp_path / "train")
     assert is_op_determinism_enabled()
     assert "train: 1 replica(s), float32, XLA off" in capsys.readouterr().out
+
+
+THREADS = textwrap.dedent("""
+    import json
+    import tensorflow as tf
+    from cvae.train import configure_cpu_threads
+
+    print(configure_cpu_threads())
+    print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(),
+                      tf.config.threading.get_inter_op_parallelism_threads()]))
+""")
+
+
+def _threads_in_a_fresh_process() -> tuple[str, list[int]]:
+    described, numbers = run([sys.executable, "-c", THREADS], cwd=PROJECT).stdout.splitlines()[-2:]
+    return described, json.loads(numbers)
+
+
+def test_on_a_cpu_training_runs_two_ops_at_once_each_on_half_the_cores(monkeypatch):
+    from cvae.parallel import usable_cores
+    from cvae.train import CPU_STEP_LANES
+
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    per_op = max(1, usable_cores() // CPU_STEP_LANES)
+    assert _threads_in_a_fresh_process() == (f"{per_op} thread(s) per op, 2 ops at once", [per_op, 2])
+    # a user's own setting wins, and TensorFlow is left to read it
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert _threads_in_a_fresh_process() == ("threads as TF_NUM_INTRAOP_THREADS=3", [0, 0])
