@@ -4,8 +4,9 @@ Builds the model `cvae train` builds (params.yaml, or `--set` overrides), runs w
 steps on the prepared shards, times some steps, then profiles more and prints the op
 types and the single ops with the most self time per step, from the profiler's
 `framework_op_stats` table (read with the profiler plugin bundled with TensorFlow, so no
-TensorBoard is needed). The ops' times add up over the cores, so on 2 cores they can sum
-to twice the wall time of a step. Figures, not pass/fail.
+TensorBoard is needed). It runs on the threads `train` runs on (`cvae.train.configure_cpu_threads`).
+The ops' times add up over the cores, so on 2 cores they can sum to twice the wall time of
+a step. Figures, not pass/fail.
 
     make run   # once, for data/prepared
     .venv/bin/python benchmarks/step_profile.py
@@ -32,7 +33,8 @@ from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profi
 
 from cvae.config import load_params  # noqa: E402
 from cvae.dataset import load_split  # noqa: E402
-from cvae.train import _training_batches, make_optimizer, new_model, seed_everything  # noqa: E402
+from cvae.train import (_training_batches, configure_cpu_threads, make_optimizer, new_model,  # noqa: E402
+                        seed_everything)
 
 
 def op_stats(logdir: Path) -> list[dict]:
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="rows of each table")
     args = parser.parse_args()
 
+    threads = configure_cpu_threads()  # train's threads, set before anything starts the runtime
     params = load_params(args.params, args.set)
     if not Path(args.prepared, "train").is_dir():
         sys.exit(f"step_profile: no prepared training split under {args.prepared}; run `make run` first")
@@ -88,7 +91,7 @@ def main() -> None:
 
     total = sum(row["total_self_time"] for row in rows)
     print(f"batch {params.train.batch_size}: {wall_ms:.1f} ms per step (wall, {args.steps} steps);"
-          f" op self time {per_step(total):.1f} ms per step, summed over the cores")
+          f" op self time {per_step(total):.1f} ms per step, summed over the cores; {threads}")
     by_type: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for row in rows:
         by_type[row["type"]][0] += row["total_self_time"]

@@ -7,9 +7,11 @@
        batch, reads each JPEG with scikit-image, centre-crops 148 and resizes it to 64 px
        (one process, no workers; XLA off), with TensorFlow's own choice of CPU kernels;
    (b) the project's training path: the prepared uint8 shards through `cvae.dataset.tf_dataset`
-       as `cvae.train` streams them, the same model and optimizer, XLA off and oneDNN's
-       kernels on (what `train` does on a CPU: `import cvae` turns them on); and, to show
-       what each setting gives, with TensorFlow's default kernels and with XLA on.
+       as `cvae.train` streams them, the same model and optimizer, XLA off, oneDNN's
+       kernels on, two ops at once on half the cores each and 10 steps per call into the
+       graph (what `train` does on a CPU: `import cvae` turns oneDNN on, `train` the rest);
+       and, to show what each setting gives, with TensorFlow's default kernels, with XLA on,
+       and in mixed_bfloat16.
    The contenders take turns, round after round, each turn in a fresh process (as `cvae
    train` runs): one contender's allocations must not slow the next (in one shared
    process the tutorial's float64 resizes left glibc returning and refaulting memory, and
@@ -74,9 +76,10 @@ MATMUL_REPEATS = 2  # of each size per round; the best one counts for the round
 CONTENDERS = {
     "tutorial": "(a) tutorial: fit on a PyDataset, skimage read+resize per batch, XLA off,"
                 " TensorFlow's default CPU kernels",
-    "shards": "(b) prepared shards + tf_dataset, XLA off, oneDNN kernels on (cvae train on a CPU)",
+    "shards": "(b) prepared shards + tf_dataset, XLA off, oneDNN kernels on, two ops at once, 10 steps a call"
+              " (cvae train on a CPU)",
     "shards_tf_kernels": "(b) without cvae's oneDNN switch: TensorFlow's default CPU kernels",
-    "shards_xla": "(b) with XLA on (jit_compile=True)",
+    "shards_xla": "(b) with XLA on (jit_compile=True), on TensorFlow's default threads",
     "shards_bf16": "(b) in mixed_bfloat16 (train.precision=mixed_bfloat16): oneDNN's bfloat16 kernels",
 }
 # the contenders that compute in bfloat16, measured against the bfloat16 peak: a CPU with
@@ -163,29 +166,38 @@ def tutorial_batches(paths: list[str], attributes: np.ndarray, batch_size: int, 
 
 
 def step_clock():
-    """A callback that notes when each training step ends, and the process's CPU times then."""
+    """A callback that notes when each call into the training graph ends (after the step
+    Keras numbers `batch`: the last of the call's steps), and the process's CPU times then."""
     import keras
 
     class StepClock(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.ends: list[float] = []
-            self.cpu: list[os.times_result] = []
+            self.ends: dict[int, float] = {}
+            self.cpu: dict[int, os.times_result] = {}
 
         def on_train_batch_end(self, batch, logs=None):
-            self.ends.append(time.perf_counter())
-            self.cpu.append(os.times())
+            self.ends[batch] = time.perf_counter()
+            self.cpu[batch] = os.times()
 
     return StepClock()
+
+
+def whole_calls(steps: int, per_call: int) -> int:
+    """`steps` rounded up to whole calls of `per_call` steps (Keras's steps_per_execution)."""
+    return math.ceil(steps / per_call) * per_call
 
 
 def timed_fit(model, data, batch_size: int, warmup: int, steps: int) -> dict:
     """Images/s of `steps` training steps of `model.fit`, after `warmup` steps (the first
     call's trace and compile among them) that the clock does not count; and the user and
-    kernel CPU seconds (all threads) per timed step."""
+    kernel CPU seconds (all threads) per timed step. Both counts are whole calls of the
+    model's steps_per_execution."""
     clock = step_clock()
     model.fit(data, epochs=1, steps_per_epoch=warmup + steps, shuffle=False, verbose=0, callbacks=[clock])
     first, last = warmup - 1, warmup + steps - 1
+    if first not in clock.ends or last not in clock.ends:
+        raise SystemExit(f"no call into the graph ended after steps {first} and {last}: {sorted(clock.ends)}")
     return {"images_per_s": steps * batch_size / (clock.ends[last] - clock.ends[first]),
             "user_s_per_step": (clock.cpu[last].user - clock.cpu[first].user) / steps,
             "system_s_per_step": (clock.cpu[last].system - clock.cpu[first].system) / steps}
@@ -218,14 +230,16 @@ def matmul_flops(operands: dict) -> dict[int, float]:
     return rates
 
 
-def compiled_model(params, split, jit_compile: bool, precision: str = "float32"):
-    """A default model built and compiled the way `cvae.train.train` does."""
-    from cvae.train import _precision_policy, make_optimizer, new_model
+def compiled_model(params, split, jit_compile: bool, precision: str = "float32", per_call: int | None = None):
+    """A default model built and compiled the way `cvae.train.train` does (`per_call`:
+    steps per call into the graph; None: as train)."""
+    from cvae.train import _precision_policy, make_optimizer, new_model, steps_per_execution
 
     steps_per_epoch = math.ceil(len(split) / params.train.batch_size)
     with _precision_policy(precision):
         model = new_model(params, split, steps_per_epoch)
-    model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile)
+    model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile,
+                  steps_per_execution=per_call or steps_per_execution(steps_per_epoch))
     return model
 
 
@@ -235,14 +249,17 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
     from cvae.train import _training_batches, configure_cpu_threads, seed_everything
 
     # the project's path runs on train's threads (set before anything starts TensorFlow's
-    # runtime); the tutorial's way on TensorFlow's defaults
-    threads = "TensorFlow's default threads" if key == "tutorial" else configure_cpu_threads()
+    # runtime); the tutorial's way on TensorFlow's defaults, and so does XLA: it runs the
+    # step as one compiled program that splits its work over the cores itself, and on
+    # train's threads it left a core idle (316 against 698 images/s for (b))
+    threads = ("TensorFlow's default threads" if key in ("tutorial", "shards_xla")
+               else configure_cpu_threads())
     params = load_params(PROJECT / "params.yaml", SETTINGS)
     p = params.train
     # as train does: op determinism on a CPU, but not with XLA (Keras would drop jit_compile)
     seed_everything(params.seed, deterministic_ops=key != "shards_xla")
     split = load_split(prepared, "train")
-    if len(split) // p.batch_size < warmup + steps:
+    if key == "tutorial" and len(split) // p.batch_size < warmup + steps:  # (b) streams all the epochs
         raise SystemExit(f"{len(split)} training images are too few for {warmup + steps} batches")
     if key == "tutorial":
         paths = [str(raw / IMAGE_DIR / name) for name in split.image_ids]
@@ -252,11 +269,17 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
                                 params.data.crop, params.data.image_size)
     else:
         data = _training_batches(split, p, params.seed, first_epoch=0)  # what train streams
+    # the tutorial calls into the graph once a step, as plain `fit` does; the project's path
+    # as train does (several steps a call)
     model = compiled_model(params, split, jit_compile=key == "shards_xla",
-                           precision="mixed_bfloat16" if key in BFLOAT16_CONTENDERS else "float32")
+                           precision="mixed_bfloat16" if key in BFLOAT16_CONTENDERS else "float32",
+                           per_call=1 if key == "tutorial" else None)
     if model.jit_compile != (key == "shards_xla"):
         raise SystemExit(f"{key}: Keras compiled with jit_compile={model.jit_compile}")
-    return {**timed_fit(model, data, p.batch_size, warmup, steps), "threads": threads}
+    per_call = model.steps_per_execution
+    warmup, steps = whole_calls(warmup, per_call), whole_calls(steps, per_call)
+    return {**timed_fit(model, data, p.batch_size, warmup, steps), "threads": threads, "steps_per_call": per_call,
+            "warmup_steps": warmup, "timed_steps": steps}
 
 
 def tensorflow_default_onednn() -> str:
@@ -324,6 +347,10 @@ def throughput(raw: Path, prepared: Path, rounds: int, warmup: int, steps: int) 
         "onednn": {key: tf_default if key in TF_DEFAULT_KERNELS else os.environ["TF_ENABLE_ONEDNN_OPTS"]
                    for key in CONTENDERS},  # TF_ENABLE_ONEDNN_OPTS of each contender's process
         "threads": {key: values[0]["threads"] for key, values in turns.items()},  # TensorFlow's, per contender
+        # per contender: steps per call into the graph, and the steps warmed up and timed
+        # (whole calls, so at least the asked warmup_steps and timed_steps)
+        "steps_per_call": {key: values[0]["steps_per_call"] for key, values in turns.items()},
+        "contender_steps": {key: [values[0]["warmup_steps"], values[0]["timed_steps"]] for key, values in turns.items()},
     }
 
 
@@ -534,7 +561,9 @@ def print_speed(speed: dict, flops: dict) -> None:
     speed["share_of_peak_per_round_median"] = round_shares
     print(f"\n## Training throughput, default model at {speed['image_size']} px (batch {speed['batch_size']};"
           f" median of {speed['rounds']} rounds of {speed['timed_steps']} steps after {speed['warmup_steps']}"
-          " warm-up, each turn a fresh process)\n")
+          " warm-up, each turn a fresh process; rounded up to whole calls into the graph: "
+          + ", ".join(f"{key} {per_call} step(s) a call, {' + '.join(map(str, speed['contender_steps'][key]))}"
+                      for key, per_call in speed["steps_per_call"].items()) + ")\n")
     cpu = speed["cpu_s_per_step"]
     print(table(["contender", "images/s", "rounds (images/s)", "vs tutorial", "share of peak FLOP/s",
                  "same, per round (median)", "CPU ms per step: user / kernel"], [

@@ -18,11 +18,17 @@ class FiLM(layers.Layer):
     """Feature-wise linear modulation by the condition: x * (1 + gamma(c)) + beta(c).
 
     As expressive as concatenating c tiled over the feature map (a conv of a constant map
-    is a per-channel bias) plus a per-channel gain, at the cost of one small Dense."""
+    is a per-channel bias) plus a per-channel gain, at the cost of one small Dense.
 
-    def __init__(self, channels: int, **kwargs):
+    `carries_bias`: the layer holds the bias of the convolution before it (built without
+    one) and adds it here, as (x + bias) * (1 + gamma) + beta: the same function and the
+    same weights, with one pass over the feature map fewer each way (on a CPU the decoder's
+    separate bias adds and their gradients took about 3 ms of an 80 ms step)."""
+
+    def __init__(self, channels: int, carries_bias: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
+        self.carries_bias = carries_bias
         # zero at the start: the identity modulation. A random start would scale and shift
         # every channel by the 40 attributes (most of them invisible noise) before anything
         # is learned, and training first has to undo it.
@@ -31,21 +37,42 @@ class FiLM(layers.Layer):
 
     def build(self, features_shape, condition_shape):
         self.projection.build(condition_shape)
+        if self.carries_bias:
+            self.bias = self.add_weight(shape=(self.channels,), initializer="zeros", name="bias")
 
     def call(self, features, condition):
         gamma, beta = ops.split(self.projection(condition), 2, axis=-1)
-        return features * (1.0 + gamma[:, None, None, :]) + beta[:, None, None, :]
+        scale = 1.0 + gamma
+        if self.carries_bias:  # per image and channel: no pass over the feature map
+            beta = beta + self.bias * scale
+        return features * scale[:, None, None, :] + beta[:, None, None, :]
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels}
+        return {**super().get_config(), "channels": self.channels, "carries_bias": self.carries_bias}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ShiftPerImage(layers.Layer):
-    """Adds one offset per image and channel to every position of a feature map."""
+    """Adds one offset per image and channel to every position of a feature map.
+
+    `channels`: the layer holds the bias of the convolution before it (built without one)
+    and adds it with the offset in one pass (0: none; models saved before it had one)."""
+
+    def __init__(self, channels: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def build(self, features_shape, shift_shape):
+        if self.channels:
+            self.bias = self.add_weight(shape=(self.channels,), initializer="zeros", name="bias")
 
     def call(self, features, shift):
+        if self.channels:
+            shift = shift + self.bias
         return features + shift[:, None, None, :]
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -109,11 +136,13 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
     x = FiLM(filters[-1])(x, condition)
     x = layers.LeakyReLU(0.2)(x)
     for width in reversed(filters[:-1]):
-        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same")(x)
-        x = FiLM(width)(x, condition)
+        # the convolutions' biases are added by the layers after them, per image (FiLM,
+        # ShiftPerImage): one pass fewer over each feature map
+        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False)(x)
+        x = FiLM(width, carries_bias=True)(x, condition)
         x = layers.LeakyReLU(0.2)(x)
     # the output end in float32 under mixed precision too: the likelihood reads these pixels
-    logits = layers.Conv2DTranspose(3, 4, strides=2, padding="same", dtype="float32")(x)
+    logits = layers.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=False, dtype="float32")(x)
     # A direct path from (z, c) to one colour offset per image: global colour and lighting
     # (a background's hue, a photo's exposure) are shared by every pixel, and learnt through
     # the conv stack alone they took half of training (a plateau of the error until the
@@ -123,7 +152,7 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
     # in z before anything is learnt, and the first steps' loss then varies with the draw
     colour = layers.Dense(3, kernel_initializer="zeros", dtype="float32", name="colour")(
         layers.Concatenate()([z, condition]))
-    logits = ShiftPerImage(dtype="float32")(logits, colour)
+    logits = ShiftPerImage(3, dtype="float32")(logits, colour)
     # sigmoid: the data lie in [0, 1], and so must the mean of the likelihood
     images = layers.Activation("sigmoid", dtype="float32", name="images")(logits)
     return keras.Model([z, attributes], images, name="decoder")

@@ -42,6 +42,35 @@ def test_the_decoder_uses_the_condition_at_every_stage(model):
     assert len(modulated) == len([8, 16])  # the dense stem and each upsampling block but the output
 
 
+def test_the_decoders_convolutions_have_their_bias_added_per_image_by_the_next_layer(model, tmp_path):
+    from cvae.networks import FiLM, ShiftPerImage
+
+    rng = np.random.default_rng(0)
+    features, condition = rng.normal(size=(2, 4, 4, 5)).astype(np.float32), batch(2)[1]
+    film = FiLM(5, carries_bias=True)
+    film.build(features.shape, condition.shape)
+    film.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in film.get_weights()])
+    kernel, projection_bias = film.projection.get_weights()
+    gamma, beta = np.split(condition @ kernel + projection_bias, 2, axis=-1)
+    expected = (features + film.bias.numpy()) * (1 + gamma[:, None, None]) + beta[:, None, None]
+    np.testing.assert_allclose(np.asarray(film(features, condition)), expected, rtol=1e-5, atol=1e-5)
+
+    shift = ShiftPerImage(5)
+    shift.build(features.shape, (2, 5))
+    shift.bias.assign(rng.normal(size=5).astype(np.float32))
+    offsets = rng.normal(size=(2, 5)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(shift(features, offsets)),
+                               features + offsets[:, None, None] + shift.bias.numpy(), rtol=1e-6, atol=1e-6)
+    # every transposed convolution leaves its bias to the layer after it
+    convolutions = [layer for layer in model.decoder.layers if isinstance(layer, keras.layers.Conv2DTranspose)]
+    assert convolutions and not any(layer.use_bias for layer in convolutions)
+    carried = [layer for layer in model.decoder.layers if isinstance(layer, FiLM | ShiftPerImage)
+               and getattr(layer, "bias", None) is not None]
+    assert len(carried) == len(convolutions)
+    # layers saved before they carried a bias load as they were
+    assert not FiLM.from_config({"channels": 5}).carries_bias and not ShiftPerImage.from_config({}).channels
+
+
 def test_a_model_blind_to_an_attribute_ignores_it_and_remembers_so(tmp_path):
     blind = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0, decoder_std=0.1,
                        seed=0, attribute_names=["A", "B", "C"], conditioned=[True, False, True])
@@ -100,6 +129,17 @@ def test_the_edge_term_charges_for_blur_and_wrong_textures_not_for_brightness():
     # wrong: it must cost (matching contrast alone drew such textures where faces were unsure)
     texture = 0.5 + 0.2 * (-1.0) ** (rows + columns)[None, :, :, None] * np.ones((1, 16, 16, 3), np.float32)
     assert float(edge_difference(texture, 1.0 - texture)[0]) > 10
+
+
+def test_the_edge_term_is_the_squared_error_of_the_neighbour_differences_of_each_channel():
+    from cvae.model import edge_difference
+
+    rng = np.random.default_rng(0)
+    faces, reconstructions = (rng.random((2, 8, 12, 3), dtype=np.float32) for _ in range(2))
+    error = faces - reconstructions  # the channels differ: a neighbour taken in the wrong channel shows
+    expected = (np.square(np.diff(error, axis=1)).sum(axis=(1, 2, 3))
+                + np.square(np.diff(error, axis=2)).sum(axis=(1, 2, 3)))
+    np.testing.assert_allclose(np.asarray(edge_difference(faces, reconstructions)), expected, rtol=1e-5)
 
 
 def test_the_edge_term_enters_the_training_objective():

@@ -28,7 +28,7 @@ from cvae.dataset import load_split
 from cvae.model import CVAE, build_cvae, load_cvae
 from cvae.prepare import prepare
 from cvae.train import (HISTORY_FILE, WEIGHTS_FILE, CheckpointStore, SaveCheckpoint, fingerprint,
-                        make_optimizer, new_model, train)
+                        make_optimizer, new_model, steps_per_execution, train)
 from cvae.validation_report import SUMMARY_FILE
 from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras reads
 from tests.conftest import BIN, PROJECT, run, stage_env, tiny_params_dict
@@ -402,3 +402,9 @@ def test_on_a_cpu_training_runs_two_ops_at_once_each_on_half_the_cores(monkeypat
     # a user's own setting wins, and TensorFlow is left to read it
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     assert _threads_in_a_fresh_process() == ("threads as TF_NUM_INTRAOP_THREADS=3", [0, 0])
+
+
+def test_a_call_into_the_graph_runs_up_to_ten_steps_and_never_into_the_next_epoch():
+    # the epochs come in one stream: a call must end where an epoch does (5087: CelebA's
+    # 162,770 training faces in batches of 32, a prime number of steps)
+    assert [steps_per_execution(n) for n in (100, 5087, 12, 7, 13, 2, 1)] == [10, 1, 6, 7, 1, 2, 1]
