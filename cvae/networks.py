@@ -8,6 +8,8 @@ the encoder can put them into z.
 from __future__ import annotations
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers, ops
 
 PACKAGE = "cvae"
@@ -73,6 +75,72 @@ class ShiftPerImage(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
+
+
+# Which tap of a 4x4, stride-2, "same" transposed convolution's kernel each output phase
+# reads at input offsets -1, 0, +1 along one axis (None: none): an even output pixel 2m
+# sums input m-1 (tap 3) and m (tap 1), an odd one 2m+1 sums m (tap 2) and m+1 (tap 0).
+_PHASE_TAPS = ((3, 1, None), (None, 2, 0))
+
+
+def _phase_gather_index() -> np.ndarray:
+    """Index (3, 3, 4) into the kernel's 16 taps (16: a zero) of the 3x3 kernel of each
+    of the four output phases, in depth_to_space's order (row phase, then column phase)."""
+    index = np.full((3, 3, 4), 16)
+    for phase, (row, column) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        for dy in range(3):
+            for dx in range(3):
+                ky, kx = _PHASE_TAPS[row][dy], _PHASE_TAPS[column][dx]
+                if ky is not None and kx is not None:
+                    index[dy, dx, phase] = ky * 4 + kx
+    return index
+
+
+_PHASE_INDEX = _phase_gather_index()
+
+
+@tf.custom_gradient
+def _phase_transposed_convolution(inputs, kernel):
+    """conv2d_transpose(inputs, kernel) for a (4, 4, out, in) kernel, stride 2, "same":
+    forward as one stride-1 3x3 convolution to the four output phases, then
+    depth_to_space; backward as TensorFlow's own gradients of the transposed convolution."""
+    out_channels, in_channels = kernel.shape[2], kernel.shape[3]
+    taps = ops.concatenate([ops.reshape(ops.transpose(kernel, (0, 1, 3, 2)), (16, in_channels, out_channels)),
+                            ops.zeros((1, in_channels, out_channels), kernel.dtype)], axis=0)
+    phases = ops.reshape(ops.transpose(ops.take(taps, _PHASE_INDEX, axis=0), (0, 1, 3, 2, 4)),
+                         (3, 3, in_channels, 4 * out_channels))
+    outputs = tf.nn.depth_to_space(tf.nn.conv2d(inputs, phases, 1, "SAME"), 2)
+
+    def gradient(upstream):
+        return (tf.nn.conv2d(upstream, kernel, 2, "SAME"),
+                tf.compat.v1.nn.conv2d_backprop_filter(upstream, tf.shape(kernel), inputs, [1, 2, 2, 1], "SAME"))
+
+    return outputs, gradient
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PhaseConv2DTranspose(layers.Conv2DTranspose):
+    """A 4x4, stride-2, "same" Conv2DTranspose without bias (the same weights and
+    function), whose forward pass runs as a forward convolution.
+
+    On a CPU oneDNN computes a transposed convolution with its backward-data kernel, which
+    for 3 output channels runs at a quarter of the speed of the forward convolution of its
+    gradient: the decoder's output layer took 4.0 ms forward and 5.6 ms forward and
+    backward on a batch of 32 at 64 px, this one 2.4 and 3.7 ms (one thread). The 3x3
+    kernel of the phases holds a quarter zeros (9 taps where each phase needs 4), so the
+    other layers, with more channels, are faster as plain transposed convolutions."""
+
+    def build(self, input_shape):
+        if (tuple(self.kernel_size), tuple(self.strides), self.padding, self.use_bias, self.data_format) != (
+                (4, 4), (2, 2), "same", False, "channels_last"):
+            raise ValueError(f"{self.name}: PhaseConv2DTranspose is 4x4, stride 2, 'same', channels last, no bias")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        # the kernel read here, outside: a custom gradient must not see the variable itself
+        kernel = tf.identity(ops.cast(self.kernel, self.compute_dtype))
+        outputs = _phase_transposed_convolution(ops.convert_to_tensor(inputs), kernel)
+        return outputs if self.activation is None else self.activation(outputs)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -142,7 +210,7 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
         x = FiLM(width, carries_bias=True)(x, condition)
         x = layers.LeakyReLU(0.2)(x)
     # the output end in float32 under mixed precision too: the likelihood reads these pixels
-    logits = layers.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=False, dtype="float32")(x)
+    logits = PhaseConv2DTranspose(3, 4, strides=2, padding="same", use_bias=False, dtype="float32")(x)
     # A direct path from (z, c) to one colour offset per image: global colour and lighting
     # (a background's hue, a photo's exposure) are shared by every pixel, and learnt through
     # the conv stack alone they took half of training (a plateau of the error until the

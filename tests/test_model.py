@@ -71,6 +71,31 @@ def test_the_decoders_convolutions_have_their_bias_added_per_image_by_the_next_l
     assert not FiLM.from_config({"channels": 5}).carries_bias and not ShiftPerImage.from_config({}).channels
 
 
+def test_the_output_layer_computes_the_transposed_convolution_and_its_gradients(tmp_path):
+    import tensorflow as tf
+
+    from cvae.networks import PhaseConv2DTranspose
+
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.normal(size=(2, 5, 6, 4)).astype(np.float32))  # not square: rows and columns apart
+    phase = PhaseConv2DTranspose(3, 4, strides=2, padding="same", use_bias=False)
+    plain = keras.layers.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=False)
+    phase.build(inputs.shape), plain.build(inputs.shape)
+    plain.set_weights(phase.get_weights())
+    results = []
+    for layer in (phase, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = layer(inputs)
+            loss = tf.reduce_sum(outputs * tf.cos(outputs))  # an upstream gradient that varies
+        results.append([outputs, *tape.gradient(loss, [inputs, layer.kernel])])
+    assert results[0][0].shape == (2, 10, 12, 3)
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="4x4, stride 2"):
+        PhaseConv2DTranspose(3, 3, strides=2, padding="same", use_bias=False).build(inputs.shape)
+
+
 def test_a_model_blind_to_an_attribute_ignores_it_and_remembers_so(tmp_path):
     blind = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0, decoder_std=0.1,
                        seed=0, attribute_names=["A", "B", "C"], conditioned=[True, False, True])
