@@ -33,6 +33,15 @@ TINY = {
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_configure(config):
+    # TensorFlow in the tests' own processes runs on the threads `cvae train` sets, so that
+    # a run resumed in process continues one that a `cvae train` subprocess started bit for
+    # bit: oneDNN's sums depend on how an op is split over threads
+    from cvae.train import configure_cpu_threads
+
+    configure_cpu_threads()
+
+
 def merged(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
