@@ -151,12 +151,21 @@ class CVAE(keras.Model):
         xcov = cross_correlation(z_mean, condition)
         # trackers take per-image values, so an epoch's metric is a mean over images
         # (a short last batch counts for what it holds) and replicas' shares add up
-        per_image_loss = nll + self.kl_weight() * kl + self.xcov_weight * xcov + self.edge_weight * edges
+        kl_weight = self.kl_weight()
+        per_image_loss = nll + kl_weight * kl + self.xcov_weight * xcov + self.edge_weight * edges
+        # The objectives are sums of the terms' batch means, not means of per-image sums (the
+        # same number): the gradient of a per-image sum reads the shapes of all its terms, so
+        # with a batch of unknown size every term's gradient waited for the last term to be
+        # computed; the decoder's and the critic's backward passes then idled a core while the
+        # steer term's decoder and critic ran (a training step 1-2% longer on a 2-core CPU)
+        loss = (ops.mean(nll) + kl_weight * ops.mean(kl) + self.xcov_weight * xcov
+                + self.edge_weight * ops.mean(edges))
         critic_loss = ops.zeros(())
         if self.critic is not None:
             steer, critic_real, critic_fake = self._steer_terms(images, condition, z, training)
             per_image_loss = per_image_loss + self.steer_weight * steer
-            critic_loss = ops.mean(critic_real + self.critic_fake_weight * critic_fake)
+            loss = loss + self.steer_weight * ops.mean(steer)
+            critic_loss = ops.mean(critic_real) + self.critic_fake_weight * ops.mean(critic_fake)
             self.steer_tracker.update_state(steer)
             self.critic_tracker.update_state(critic_real)
         self.loss_tracker.update_state(per_image_loss)
@@ -165,7 +174,7 @@ class CVAE(keras.Model):
         self.kl_tracker.update_state(kl)
         self.xcov_tracker.update_state(xcov)
         self.edge_tracker.update_state(edges)
-        return ops.mean(per_image_loss), critic_loss
+        return loss, critic_loss
 
     def _steer_terms(self, images, condition, z, training):
         """Per image: the critic's cross-entropy on the face decoded with another image's
@@ -229,6 +238,32 @@ class CVAE(keras.Model):
             del tape
             self.optimizer.apply(gradients, generator + critic)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    def make_train_function(self, force=False):
+        """Keras's, but where a call runs several steps on one device without XLA, they run
+        as a sequence of calls of the compiled step written out in Python.
+
+        Keras runs them in a loop in the graph (a while loop, a cond around each step),
+        and each turn of that loop first hands the hundreds of variables and constants the
+        step captures to the new turn: on a CPU that held one core for about a millisecond
+        a step (the profiler's trace: the executor busy with the loop's own ops while the
+        other core had nothing ready). The step is a function TensorFlow keeps whole
+        (`_noinline`), so the call's graph holds one copy of it, not ten to optimise."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.steps_per_execution == 1 or self.jit_compile or self.distribute_strategy.num_replicas_in_sync > 1:
+            return super().make_train_function(force)
+        step = tf.function(self.train_step, experimental_attributes={"_noinline": True})
+        per_call = self.steps_per_execution
+
+        @tf.function
+        def train_steps(iterator):
+            for _ in range(per_call):
+                logs = step(next(iterator))
+            return logs
+
+        self.train_function = train_steps
+        return train_steps
 
     def test_step(self, data):
         images, condition = data

@@ -30,6 +30,7 @@ from cvae.dataset import (ATTRIBUTES_FILE, IDS_FILE, META_FILE, PreparedSplit, l
                           without_autotune_thread)
 from cvae.errors import CvaeError
 from cvae.model import CVAE, build_cvae
+from cvae.optimizer import FusedAdam
 from cvae.parallel import usable_cores
 from cvae.quality import check_attributes
 
@@ -163,7 +164,7 @@ def make_optimizer(p: TrainParams, steps_per_epoch: int) -> keras.optimizers.Opt
         learning_rate = keras.optimizers.schedules.CosineDecay(
             p.learning_rate, decay_steps=p.epochs * steps_per_epoch, alpha=p.lr_min_fraction
         )
-    return keras.optimizers.Adam(learning_rate, global_clipnorm=p.clip_norm)
+    return FusedAdam(learning_rate, global_clipnorm=p.clip_norm)
 
 
 # The most training steps Keras runs per call into the compiled graph. One call per step

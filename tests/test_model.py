@@ -247,6 +247,25 @@ def test_the_steer_term_enters_the_objective_only_for_the_masked_attributes():
     assert masked["critic"] < steered["critic"]
 
 
+def test_the_objectives_are_the_batch_means_of_what_the_trackers_report():
+    images, condition = batch(32)
+    model = _steered(50.0, critic_fake_weight=2.0)
+    model.edge_weight, model.xcov_weight = 3.0, 100.0
+    steer_terms, seen = model._steer_terms, {}
+
+    def recorded_steer_terms(*args, **kwargs):
+        terms = steer_terms(*args, **kwargs)
+        seen.update(zip(("steer", "real", "fake"), (np.asarray(t) for t in terms)))
+        return terms
+
+    model._steer_terms = recorded_steer_terms
+    loss, critic_loss = model._update(images, condition, training=False)
+    assert seen["steer"].mean() > 0 and seen["fake"].mean() > 0
+    assert float(loss) == pytest.approx(float(model.loss_tracker.result()), rel=1e-5)
+    # the critic's: its cross-entropy on real faces plus its lesson on decoded ones
+    assert float(critic_loss) == pytest.approx(seen["real"].mean() + 2.0 * seen["fake"].mean(), rel=1e-5)
+
+
 def test_the_decoder_learns_from_the_steer_term_and_the_critic_only_from_real_faces():
     images, condition = batch(32)
     unsteered = _one_step(_steered(0.0), images, condition)

@@ -408,3 +408,28 @@ def test_a_call_into_the_graph_runs_up_to_ten_steps_and_never_into_the_next_epoc
     # the epochs come in one stream: a call must end where an epoch does (5087: CelebA's
     # 162,770 training faces in batches of 32, a prime number of steps)
     assert [steps_per_execution(n) for n in (100, 5087, 12, 7, 13, 2, 1)] == [10, 1, 6, 7, 1, 2, 1]
+
+
+def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_does():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.random((48, 16, 16, 3), dtype=np.float32)
+    condition = rng.choice([-1.0, 1.0], size=(48, 3)).astype(np.float32)
+    weights = {}
+    for per_call in (1, 3):
+        keras.utils.set_random_seed(0)  # the same initial weights, noise and data order
+        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
+                           decoder_std=0.1, seed=0, steer_weight=5.0)
+        model.compile(optimizer=make_optimizer(make_params(**ONE_EPOCH).train, steps_per_epoch=6),
+                      steps_per_execution=per_call)
+        data = tf.data.Dataset.from_tensor_slices((images, condition)).batch(8)
+        model.fit(data, epochs=1, verbose=0, shuffle=False)
+        assert int(model.optimizer.iterations) == 6
+        weights[per_call] = [np.asarray(w) for w in model.weights]
+        if per_call > 1:  # no loop in the graph: the step called three times
+            graph = model.train_function.get_concrete_function(iter(data)).graph
+            kinds = [op.type for op in graph.get_operations()]
+            assert "While" not in kinds and kinds.count("StatefulPartitionedCall") == per_call
+    for ours, keras_own in zip(weights[3], weights[1]):
+        np.testing.assert_allclose(ours, keras_own, rtol=1e-6, atol=1e-7)
