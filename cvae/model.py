@@ -248,7 +248,9 @@ class CVAE(keras.Model):
         step captures to the new turn: on a CPU that held one core for about a millisecond
         a step (the profiler's trace: the executor busy with the loop's own ops while the
         other core had nothing ready). The step is a function TensorFlow keeps whole
-        (`_noinline`), so the call's graph holds one copy of it, not ten to optimise."""
+        (`_noinline`), so the call's graph holds one copy of it, not ten to optimise.
+        Unlike Keras's loop, a call cannot stop early when the data run out: an epoch must
+        hold whole calls, which `cvae.train.steps_per_execution` sees to."""
         if self.train_function is not None and not force:
             return self.train_function
         if self.steps_per_execution == 1 or self.jit_compile or self.distribute_strategy.num_replicas_in_sync > 1:
