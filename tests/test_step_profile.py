@@ -34,6 +34,10 @@ def test_the_step_profile_tables_the_convolutions_of_the_training_step(tmp_path,
     # the encoder's convolutions and their gradients run in every step, so they are profiled
     assert any("Conv2D" in name and float(ms) > 0 for name, ms, _ in op_types), result.stdout
     assert not any(name == "IDLE" for name, _, _ in op_types)
+    # the trace's view: how long the inter-op threads ran ops side by side, and what ran alone
+    busy = dict(re.findall(r"^\| (\d) \| ([\d.]+) \|$", result.stdout, re.MULTILINE))
+    assert float(busy.get("2", 0)) > 0 and float(busy.get("1", 0)) > 0, result.stdout
+    assert re.search(r"^\| (gradient of )?encoder_\d+ \| [\d.]+ \|$", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_the_step_profile_names_a_missing_prepared_directory(tmp_path):
