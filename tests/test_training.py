@@ -431,5 +431,8 @@ def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_d
             graph = model.train_function.get_concrete_function(iter(data)).graph
             kinds = [op.type for op in graph.get_operations()]
             assert "While" not in kinds and kinds.count("StatefulPartitionedCall") == per_call
+    # Six Adam steps amplify the last bits of float32 sums, whose order oneDNN picks per CPU
+    # type (a weight of 384 differed by 1e-5 relative with AVX2 kernels); a wrong step or data
+    # order moves the weights by about the learning rate, a hundred times more than this.
     for ours, keras_own in zip(weights[3], weights[1]):
-        np.testing.assert_allclose(ours, keras_own, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ours, keras_own, rtol=1e-4, atol=1e-5)
