@@ -65,8 +65,8 @@ def _train_classifier(params: Params, args: argparse.Namespace) -> None:
     from cvae.classifier import train_classifier
 
     report = train_classifier(params, args.prepared, args.model, args.report)
-    print(f"train-classifier: saved {args.model}; held-out mean accuracy {report['learnt_mean_accuracy']:.3f}"
-          f" over the learnt attributes, {report['mean_accuracy']:.3f} over all (per attribute: {args.report})")
+    print(f"train-classifier: saved {args.model}; held-out mean accuracy {report['mean_accuracy']:.3f},"
+          f" balanced {report['mean_balanced_accuracy']:.3f} (per attribute: {args.report})")
 
 
 def _evaluate(params: Params, args: argparse.Namespace) -> None:
@@ -74,10 +74,12 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
 
     metrics = evaluate(params, args.prepared, args.model, args.classifier, args.metrics)
     edits = ", ".join(f"{name} {result['success']:.2f}" for name, result in metrics["edit"].items())
+    samples = metrics["samples"]
     print(f"evaluate: {metrics['test_images']} held-out faces: MSE {metrics['mse']:.4f} per pixel"
           f" ({metrics['mse_vs_mean_image']:.1f}x below the mean image), {metrics['neg_elbo_nats']:.1f} nats"
           f" ({metrics['bits_per_dim']:.3f} bits/dim); fidelity {metrics['fidelity']['mean']:.3f};"
-          f" edit success {edits} -> {args.metrics}")
+          f" edit success {edits}; samples: grid artifacts {samples['grid_artifact_rate']:.3f}, Frechet"
+          f" {samples['frechet_distance']:.4g} (real faces {samples['real_frechet_distance']:.4g}) -> {args.metrics}")
 
 
 def _promote(params: Params, args: argparse.Namespace) -> None:

@@ -37,8 +37,9 @@ class DataParams(_Section):
 
 
 class ValidateParams(_Section):
-    min_image_size: int = Field(64, ge=1)
-    # share of +1 per attribute: [low, high]
+    # null: data.image_size
+    min_image_size: int | None = Field(None, ge=1)
+    # share of +1 per attribute: [low, high]; attributes not listed are not bounded
     prevalence: dict[str, list[float]] = {}
     prevalence_action: Literal["warn", "block"] = "warn"
     # largest change of an attribute's share of +1 against the last validated delivery
@@ -57,21 +58,20 @@ class ValidateParams(_Section):
 class TrainParams(_Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(2e-3, gt=0.0)
-    latent_dim: int = Field(32, ge=1)
+    learning_rate: float = Field(4e-3, gt=0.0)
+    latent_dim: int = Field(8, ge=1)
     filters: list[int] = Field([16, 32, 64, 128], min_length=1)
+    upsampling: Literal["transposed", "resize"] = "transposed"
     beta: float = Field(2.0, ge=0.0)
     decoder_std: float = Field(0.15, gt=0.0)
     clip_norm: float = Field(1.0, gt=0.0)
     kl_warmup_epochs: float = Field(2.0, ge=0.0)
     xcov_weight: float = Field(100.0, ge=0.0)
     edge_weight: float = Field(6.0, ge=0.0)
-    steer_weight: float = Field(50.0, ge=0.0)
-    critic_fake_weight: float = Field(2.0, ge=0.0)
+    steer_weight: float = Field(100.0, ge=0.0)
+    critic_fake_weight: float = Field(0.5, ge=0.0)
     # attributes the steer term covers; empty: every attribute
     steer_attributes: list[str] = []
-    # attributes the encoder and decoder see; the others are zeroed; empty: all
-    condition_attributes: list[str] = []
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_min_fraction: float = Field(0.02, ge=0.0, le=1.0)
     early_stopping_patience: int = Field(3, ge=0)
@@ -81,10 +81,8 @@ class TrainParams(_Section):
 class ClassifierParams(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
+    learning_rate: float = Field(2e-3, gt=0.0)
     filters: list[int] = Field([32, 64, 128], min_length=1)
-    # attributes learnt from the images; the others get a constant (their prevalence); empty: all
-    attributes: list[str] = []
 
 
 class EvaluateParams(_Section):
@@ -92,26 +90,29 @@ class EvaluateParams(_Section):
     # attributes scored for fidelity; empty: every attribute
     fidelity_attributes: list[str] = []
     fidelity_samples: int = Field(256, ge=1)
-    edit_attributes: list[str] = ["Smiling", "Eyeglasses", "Male"]
+    # attributes flipped on held-out faces; empty: every attribute
+    edit_attributes: list[str] = []
     edit_images: int = Field(256, ge=1)
 
 
 class VisualizeParams(_Section):
     reconstructions: int = Field(8, ge=1)
     samples: int = Field(16, ge=1)
-    # label -> attribute settings; each row of the conditional figure applies one
-    conditional_rows: dict[str, dict[str, float]] = Field(
-        default_factory=lambda: {"plain": {"Smiling": -1, "Eyeglasses": -1}, "Smiling": {"Smiling": 1}},
-        min_length=1)
+    # label -> attribute settings; each row of the conditional figure applies one; empty:
+    # chosen from the data (cvae.attributes)
+    conditional_rows: dict[str, dict[str, float]] = {}
     conditional_columns: int = Field(8, ge=1)
+    # the sweep's two axes (across, down); empty: chosen from the data
+    sweep_attributes: list[str] = Field([], max_length=2)
     sweep_steps: int = Field(10, ge=2)
     sweep_range: float = Field(1.5, gt=0.0)
-    # label -> attribute settings applied to held-out faces in the edits figure
-    edit_rows: dict[str, dict[str, float]] = Field(default_factory=lambda: {"+ Eyeglasses": {"Eyeglasses": 1}},
-                                                   min_length=1)
+    # label -> attribute settings applied to held-out faces in the edits figure; empty:
+    # chosen from the data
+    edit_rows: dict[str, dict[str, float]] = {}
     interpolation_pairs: int = Field(4, ge=1)
     interpolation_steps: int = Field(8, ge=2)
-    latent_color_attributes: list[str] = Field(["Smiling", "Male"], min_length=1)
+    # empty: chosen from the data
+    latent_color_attributes: list[str] = []
 
 
 class GateRule(_Section):
@@ -124,8 +125,12 @@ class RetrainParams(_Section):
     # retrain even when the data and params are unchanged (the nightly run's switch)
     force: bool = False
     # metric path in metrics.json ("fidelity/mean", "edit/Smiling/success") -> its rule
-    gate: dict[str, GateRule] = Field(
-        default_factory=lambda: {"neg_elbo_nats": GateRule(better="lower", tolerance=1.0)})
+    gate: dict[str, GateRule] = Field(default_factory=lambda: {
+        "neg_elbo_nats": GateRule(better="lower", tolerance=20.0),
+        "mse": GateRule(better="lower", tolerance=0.0005),
+        "fidelity/mean": GateRule(better="higher", tolerance=0.02),
+        "edit/mean/success": GateRule(better="higher", tolerance=0.05),
+    })
 
 
 class Params(_Section):
@@ -184,6 +189,9 @@ def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
 REMOVED_KEYS = {
     "train.shuffle_buffer": "removed: every epoch is now a full permutation of the training images,"
                             " read without a buffer; delete the key",
+    "train.condition_attributes": "removed: the model sees every attribute the data lists; to leave one"
+                                  " out, drop its column from the attribute file; delete the key",
+    "classifier.attributes": "removed: the judge learns every attribute the data lists; delete the key",
 }
 
 

@@ -2,6 +2,7 @@
 
 Sources (`data.source`):
 - `synthetic`: the built-in face set, drawn here;
+- `shapes`: the built-in set of labelled shapes (labels unlike CelebA's), drawn here;
 - `celeba`: the three official files, from Google Drive or from `data.celeba_mirror`,
   always checked against their published MD5s;
 - a local directory in CelebA layout or in the Kaggle variant: copied (`cvae.sources`);
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from cvae import shapes, synthetic
 from cvae.archive import extract_zip
 from cvae.atomic import replace_directory
 from cvae.celeba import ATTRIBUTE_FILE, PARTITION_FILE
@@ -34,9 +36,11 @@ from cvae.config import DataParams, Params
 from cvae.errors import CvaeError
 from cvae.fetch import fetch
 from cvae.sources import find_layout, install
-from cvae.synthetic import generate
 
 SYNTHETIC = "synthetic"
+SHAPES = "shapes"
+# The built-in drawn sets; each draws `data.synthetic_images` images.
+DRAWN = {SYNTHETIC: synthetic.generate, SHAPES: shapes.generate}
 CELEBA = "celeba"
 GOOGLE_DRIVE_URL = "https://drive.google.com/uc?export=download&id={file_id}"
 UNPACKED = ".unpacked"  # inside the staging directory, so a failure cleans it up too
@@ -71,9 +75,9 @@ def download(params: Params, raw_dir: str | Path, source_check: str | Path | Non
     source = data.source
     checksum = Checksum.parse(data.checksum) if data.checksum else None
     with replace_directory(raw_dir) as staging:
-        if source == SYNTHETIC:
+        if source in DRAWN:
             _refuse_checksum(checksum, source)
-            generate(
+            DRAWN[source](
                 staging,
                 num_images=data.synthetic_images,
                 seed=params.seed,
@@ -154,8 +158,8 @@ def _install_local(path: Path, checksum: Checksum | None, data: DataParams, stag
         _install_archive(path, str(path), data, staging, beside=path.parent)
     else:
         raise CvaeError(
-            f"data.source: {str(path)!r} does not exist; expected 'synthetic', 'celeba', an http(s)"
-            " URL, or a local directory or zip in CelebA layout"
+            f"data.source: {str(path)!r} does not exist; expected 'synthetic', 'shapes', 'celeba', an"
+            " http(s) URL, or a local directory or zip in CelebA layout"
         )
 
 

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from cvae.atomic import replace_file
 from cvae.errors import CvaeError
 from cvae.figures import image_grid
 from cvae.image_checks import check_image
+from cvae.model_files import load_attribute_classifier, load_model
 
 GRID_FILE = "grid.png"
 LARGEST_SQUARE = 1 << 62  # a crop no image reaches: `load_square` then takes the largest centred square
@@ -89,13 +89,6 @@ def check_attribute_names(settings: dict[str, float], known: list[str]) -> None:
             raise CvaeError(f"unknown attribute {name!r}; {hint}")
 
 
-def check_conditioned(settings: dict[str, float], conditioned: list[str]) -> None:
-    blind = [name for name in settings if name not in conditioned]
-    if blind:
-        raise CvaeError(f"this model was trained blind to {', '.join(blind)} (train.condition_attributes),"
-                        f" so setting it changes nothing; it is conditioned on: {', '.join(conditioned)}")
-
-
 def draw_conditions(table: np.ndarray, names: list[str], settings: dict[str, float], count: int,
                     rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """`count` attribute vectors with `settings` applied and the other attributes drawn
@@ -131,7 +124,6 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
     pinned = _pin(model_path)
     model = load_model(pinned)
     check_attribute_names(settings, model.attribute_names)
-    check_conditioned(settings, model.conditioned_attributes)
     seed = int(np.random.default_rng().integers(SEED_LIMIT)) if seed is None else seed
     table = np.asarray(model.attribute_table)
     conditions, agreeing = draw_conditions(table, model.attribute_names, settings, count,
@@ -170,7 +162,6 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
     model = load_model(pinned)
     names = model.attribute_names
     check_attribute_names(edits, names)
-    check_conditioned(edits, model.conditioned_attributes)
     crop = LARGEST_SQUARE if crop is None else crop
     if attributes_from == "classifier":
         before = _attributes_by_classifier(attributes_path, image_path, crop, names)
@@ -207,31 +198,6 @@ def _model_provenance(model_path: str | Path, pinned: Path) -> dict[str, str]:
     if pinned != Path(model_path).absolute():
         chunks["cvae:model_file"] = str(pinned)  # e.g. the registry version behind models/production
     return chunks
-
-
-def load_model(path: str | Path):
-    """The CVAE at `path`, or a CvaeError that says why the file is not one."""
-    from cvae.classifier import AttributeClassifier  # noqa: F401 (registered, so a classifier reads as one)
-    from cvae.model import load_cvae
-
-    _require_keras_file(path, "model")
-    try:
-        return load_cvae(path)
-    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
-        raise CvaeError(f"{path}: not a cvae model: {_first_line(exc)}") from None
-
-
-def load_attribute_classifier(path: str | Path):
-    """The attribute classifier at `path`, or a CvaeError that says why the file is not one."""
-    from cvae.classifier import load_classifier
-
-    _require_keras_file(path, "classifier")
-    try:
-        return load_classifier(path)
-    except CvaeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (as in load_model)
-        raise CvaeError(f"{path}: not a cvae attribute classifier: {_first_line(exc)}") from None
 
 
 def _attributes_by_classifier(classifier_path: str | Path, image_path: Path, crop: int,
@@ -279,14 +245,6 @@ def _image_size(network) -> int:
     return network.inputs[0].shape[1]
 
 
-def _require_keras_file(path: str | Path, what: str) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise CvaeError(f"{path}: {what} file not found")
-    if not zipfile.is_zipfile(path):  # a .keras file is a zip; Keras would call anything else "not found"
-        raise CvaeError(f"{path}: not a .keras {what} file (not a zip archive)")
-
-
 def _require_readable_image(path: Path) -> None:
     if not path.is_file():
         raise CvaeError(f"{path}: image not found")
@@ -298,10 +256,6 @@ def _require_readable_image(path: Path) -> None:
 def _require_directory_target(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise CvaeError(f"{out_dir}: exists and is not a directory; --out takes a directory")
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _attributes_json(names: list[str], values: np.ndarray) -> str:

@@ -9,6 +9,7 @@ provenance in its text chunks (`cvae.provenance`).
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from cvae.atomic import replace_directory
+from cvae.attributes import check_names, figure_choices
 from cvae.config import Params
 from cvae.dataset import PreparedSplit, load_split
 from cvae.errors import CvaeError
@@ -25,12 +27,11 @@ from cvae.provenance import collect
 RECONSTRUCTIONS = "reconstructions.png"
 SAMPLES = "samples.png"
 CONDITIONAL = "conditional_samples.png"
-SWEEP = "sweep_male_smiling.png"
+SWEEP = "sweep.png"
 EDITS = "edits.png"
 INTERPOLATION = "interpolation.png"
 LATENT = "latent_map.png"
 CURVES = "training_curves.png"
-SWEEP_ATTRIBUTES = ("Male", "Smiling")  # across, down: the original tutorial's sweep
 
 CAPTIONS = {
     RECONSTRUCTIONS: "Held-out faces (top row) above their reconstructions from the posterior mean.",
@@ -38,8 +39,9 @@ CAPTIONS = {
     CONDITIONAL: "Each column one latent code z ~ N(0, I) and one held-out face's attributes; each row applies "
                  "the attribute setting named on the left (visualize.conditional_rows): the same people with the "
                  "attribute changed.",
-    SWEEP: "One held-out face's latent code; Male from - to + across, Smiling from - to + down "
-           "(visualize.sweep_range).",
+    SWEEP: "One held-out face's latent code under a sweep of two attributes (visualize.sweep_attributes), the "
+           "first from - to + across, the second down (visualize.sweep_range); the original tutorial swept "
+           "Male x Smiling.",
     EDITS: "Held-out faces, their reconstructions, then the edits of visualize.edit_rows applied to each face's "
            "own attributes and latent code.",
     INTERPOLATION: "Each row walks in a straight line from one held-out face to another, in latent code and "
@@ -50,6 +52,7 @@ CAPTIONS = {
             "reconstruction MSE per pixel and the KL per image.",
 }
 LABEL_WIDTH = 84  # pixels of row labels left of a labelled grid
+SHOWS_KEY = "cvae:shows"  # PNG text chunk: the attributes (or settings by label) a figure shows
 
 
 def image_grid(images: np.ndarray, columns: int, gap: int = 2) -> Image.Image:
@@ -86,26 +89,25 @@ def visualize(params: Params, prepared_dir: str | Path, model_path: str | Path, 
     if len(test) == 0:
         raise CvaeError(f"{prepared_dir}: the test split is empty; nothing to visualise")
     v = params.visualize
-    names = test.attribute_names
-    _check_settings(v.conditional_rows, names, "visualize.conditional_rows")
-    _check_settings(v.edit_rows, names, "visualize.edit_rows")
-    for name in v.latent_color_attributes:
-        if name not in names:
-            raise CvaeError(f"visualize.latent_color_attributes: {name!r} is not an attribute of this dataset"
-                            f" (have {', '.join(names)})")
+    check_names(params, test.attribute_names, str(prepared_dir))
+    choice = figure_choices(params, test.attribute_names, np.asarray(test.attributes))
     history = _read_history(Path(history_dir)) if history_dir else None
     provenance = collect(params, model_path, prepared_dir)
     rng = np.random.default_rng(params.seed)
     figures = {
         RECONSTRUCTIONS: lambda path: _save(_reconstructions(model, test, v.reconstructions), path, provenance),
         SAMPLES: lambda path: _save(_samples(model, test, v.samples, rng, params.seed), path, provenance),
-        CONDITIONAL: lambda path: _save(_conditional(model, test, v.conditional_rows, v.conditional_columns,
-                                                     rng, params.seed), path, provenance),
-        SWEEP: lambda path: _save(_sweep(model, test, v.sweep_steps, v.sweep_range), path, provenance),
-        EDITS: lambda path: _save(_edits(model, test, v.edit_rows, v.reconstructions), path, provenance),
+        CONDITIONAL: lambda path: _save(_conditional(model, test, choice["conditional_rows"], v.conditional_columns,
+                                                     rng, params.seed), path,
+                                        _showing(provenance, choice["conditional_rows"])),
+        SWEEP: lambda path: _save(_sweep(model, test, choice["sweep_attributes"], v.sweep_steps, v.sweep_range),
+                                  path, _showing(provenance, choice["sweep_attributes"])),
+        EDITS: lambda path: _save(_edits(model, test, choice["edit_rows"], v.reconstructions), path,
+                                  _showing(provenance, choice["edit_rows"])),
         INTERPOLATION: lambda path: _save(_interpolation(model, test, v.interpolation_pairs,
                                                          v.interpolation_steps, rng), path, provenance),
-        LATENT: lambda path: _latent_map(model, test, v.latent_color_attributes, params.seed, path, provenance),
+        LATENT: lambda path: _latent_map(model, test, choice["latent_color_attributes"], params.seed, path,
+                                         _showing(provenance, choice["latent_color_attributes"])),
         CURVES: lambda path: _training_curves(history, path, provenance),
     }
     if history is None:
@@ -116,11 +118,10 @@ def visualize(params: Params, prepared_dir: str | Path, model_path: str | Path, 
     return {name: str(Path(figures_dir) / name) for name in figures}
 
 
-def _check_settings(rows: dict[str, dict[str, float]], names: list[str], key: str) -> None:
-    for label, settings in rows.items():
-        unknown = [name for name in settings if name not in names]
-        if unknown:
-            raise CvaeError(f"{key}.{label}: {unknown} not among the data's attributes ({', '.join(names)})")
+def _showing(provenance: dict[str, str], shown) -> dict[str, str]:
+    """The provenance plus the attribute settings a figure shows (chosen from the data
+    unless params name them), so a reader of the PNG sees which they are."""
+    return {**provenance, SHOWS_KEY: json.dumps(shown)}
 
 
 def _save(image: Image.Image, path: Path, provenance: dict[str, str]) -> None:
@@ -165,20 +166,19 @@ def _conditional(model, test: PreparedSplit, rows: dict[str, dict[str, float]], 
     return labelled_grid(decoded, list(rows))
 
 
-def _sweep(model, test: PreparedSplit, steps: int, value_range: float) -> Image.Image:
-    """The tutorial's grid: one face's latent code decoded under a Male x Smiling sweep."""
-    names = test.attribute_names
-    missing = [name for name in SWEEP_ATTRIBUTES if name not in names]
-    if missing:
-        raise CvaeError(f"the sweep needs attributes {missing}, which this dataset lacks")
-    across, down = (names.index(name) for name in SWEEP_ATTRIBUTES)
+def _sweep(model, test: PreparedSplit, axes: list[str], steps: int, value_range: float) -> Image.Image:
+    """The tutorial's grid: one face's latent code decoded under a sweep of two attributes
+    (one row when the data have a single attribute)."""
+    columns = [test.attribute_names.index(name) for name in axes]
     face, attributes = test.unit_images(slice(0, 1)), test.attributes[:1].astype(np.float32)
     z_mean = _encode(model, face, attributes)
     values = np.linspace(-value_range, value_range, steps, dtype=np.float32)
-    condition = np.repeat(attributes, steps * steps, axis=0)
-    condition[:, down] = np.repeat(values, steps)
-    condition[:, across] = np.tile(values, steps)
-    return image_grid(_decode(model, np.repeat(z_mean, steps * steps, axis=0), condition), columns=steps)
+    rows = steps if len(columns) > 1 else 1
+    condition = np.repeat(attributes, steps * rows, axis=0)
+    condition[:, columns[0]] = np.tile(values, rows)
+    if len(columns) > 1:
+        condition[:, columns[1]] = np.repeat(values, steps)
+    return image_grid(_decode(model, np.repeat(z_mean, steps * rows, axis=0), condition), columns=steps)
 
 
 def _edits(model, test: PreparedSplit, rows: dict[str, dict[str, float]], count: int) -> Image.Image:

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from cvae.networks import PACKAGE, ConditionMask, build_critic, build_decoder, build_encoder
+from cvae.networks import PACKAGE, build_critic, build_decoder, build_encoder
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -99,14 +99,6 @@ class CVAE(keras.Model):
     @property
     def n_attributes(self) -> int:
         return self.encoder.inputs[1].shape[-1]
-
-    @property
-    def conditioned_attributes(self) -> list[str]:
-        """The attributes the networks see: all, unless trained with `train.condition_attributes`."""
-        for layer in self.decoder.layers:
-            if isinstance(layer, ConditionMask):
-                return [name for name, kept in zip(self.attribute_names, layer.kept, strict=True) if kept]
-        return list(self.attribute_names)
 
     @property
     def latent_dim(self) -> int:
@@ -356,14 +348,14 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
                attribute_names: list[str] | None = None, attribute_rows=None,
                kl_warmup_steps: int = 0, xcov_weight: float = 0.0, edge_weight: float = 0.0,
                steer_weight: float = 0.0, steer_mask: list[float] | None = None,
-               critic_fake_weight: float = 0.0, conditioned: list[bool] | None = None) -> CVAE:
+               critic_fake_weight: float = 0.0, upsampling: str = "transposed") -> CVAE:
     """`attribute_rows`: training attribute rows (-1/+1) to keep with the model. A
-    positive `steer_weight` adds the critic and its steer term. `conditioned`: per
-    attribute, whether the networks see it (None: all)."""
+    positive `steer_weight` adds the critic and its steer term. `upsampling`: the
+    decoder's (cvae.networks.build_decoder)."""
     rows = 0 if attribute_rows is None else len(attribute_rows)
     model = CVAE(
-        build_encoder(image_size, n_attributes, filters, latent_dim, conditioned),
-        build_decoder(image_size, n_attributes, filters, latent_dim, conditioned),
+        build_encoder(image_size, n_attributes, filters, latent_dim),
+        build_decoder(image_size, n_attributes, filters, latent_dim, upsampling),
         beta=beta,
         decoder_std=decoder_std,
         seed=seed,

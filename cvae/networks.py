@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 PACKAGE = "cvae"
+UPSAMPLING = ("transposed", "resize")  # how the decoder doubles a feature map's side
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -150,36 +151,9 @@ class PhaseConv2DTranspose(layers.Conv2DTranspose):
         return outputs if self.activation is None else self.activation(outputs)
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ConditionMask(layers.Layer):
-    """Zeroes the attributes the model is not conditioned on, so neither network sees them.
-
-    An attribute the images do not show (25 of the synthetic faces' 40 are drawn at random,
-    apart from the picture) carries no information about the face, only about which
-    training face it is: a decoder that sees it can key faces on it and memorise them."""
-
-    def __init__(self, kept: list[bool], **kwargs):
-        super().__init__(**kwargs)
-        self.kept = [bool(flag) for flag in kept]
-
-    def call(self, condition):
-        return condition * ops.convert_to_tensor(self.kept, condition.dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "kept": self.kept}
-
-
-def _conditioned(condition, kept: list[bool] | None):
-    """The condition as the network sees it: all of it, or the kept attributes alone."""
-    return condition if kept is None or all(kept) else ConditionMask(kept, name="condition_mask")(condition)
-
-
-def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
-                  kept: list[bool] | None = None) -> keras.Model:
-    """`kept`: per attribute, whether the network sees it (None: all)."""
+def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
     images = keras.Input((image_size, image_size, 3), name="images")
-    attributes = keras.Input((n_attributes,), name="attributes")
-    condition = _conditioned(attributes, kept)
+    condition = keras.Input((n_attributes,), name="attributes")
     # [0, 1] pixels centred to [-1, 1]: an all-positive input makes every filter's gradient
     # share a sign, and training then took two more epochs to reach the same error
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(images)
@@ -194,16 +168,23 @@ def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent
     # float32 even under mixed precision: the KL term and sampling read them
     z_mean = layers.Dense(latent_dim, dtype="float32", name="z_mean")(x)
     z_log_var = layers.Dense(latent_dim, dtype="float32", name="z_log_var")(x)
-    return keras.Model([images, attributes], [z_mean, z_log_var], name="encoder")
+    return keras.Model([images, condition], [z_mean, z_log_var], name="encoder")
 
 
 def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
-                  kept: list[bool] | None = None) -> keras.Model:
+                  upsampling: str = "transposed") -> keras.Model:
     """Mirror of the encoder: each block doubles the side and halves the channels, and
-    every block is modulated by the condition."""
+    every block is modulated by the condition.
+
+    `upsampling`: how a block doubles the side. `transposed`: a 4x4 stride-2 transposed
+    convolution, fast on a CPU, but its kernel overlaps unevenly, so it paints grids of 2-
+    and 4-pixel period where a loss rewards texture (Odena et al. 2016, "Deconvolution and
+    checkerboard artifacts"). `resize`: a bilinear doubling, then a 3x3 convolution, which
+    has no such pattern to fall into."""
+    if upsampling not in UPSAMPLING:
+        raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
     z = keras.Input((latent_dim,), name="z")
-    attributes = keras.Input((n_attributes,), name="attributes")
-    condition = _conditioned(attributes, kept)
+    condition = keras.Input((n_attributes,), name="attributes")
     side = image_size // 2 ** len(filters)
     x = layers.Concatenate()([z, condition])
     x = layers.Dense(side * side * filters[-1])(x)
@@ -213,11 +194,14 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
     for width in reversed(filters[:-1]):
         # the convolutions' biases are added by the layers after them, per image (FiLM,
         # ShiftPerImage): one pass fewer over each feature map
-        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False)(x)
+        x = _doubling(x, width, upsampling)
         x = FiLM(width, carries_bias=True)(x, condition)
         x = layers.LeakyReLU(0.2)(x)
     # the output end in float32 under mixed precision too: the likelihood reads these pixels
-    logits = PhaseConv2DTranspose(3, 4, strides=2, padding="same", use_bias=False, dtype="float32")(x)
+    if upsampling == "transposed":
+        logits = PhaseConv2DTranspose(3, 4, strides=2, padding="same", use_bias=False, dtype="float32")(x)
+    else:
+        logits = _doubling(x, 3, upsampling, dtype="float32")
     # A direct path from (z, c) to one colour offset per image: global colour and lighting
     # (a background's hue, a photo's exposure) are shared by every pixel, and learnt through
     # the conv stack alone they took half of training (a plateau of the error until the
@@ -230,7 +214,15 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
     logits = ShiftPerImage(3, dtype="float32")(logits, colour)
     # sigmoid: the data lie in [0, 1], and so must the mean of the likelihood
     images = layers.Activation("sigmoid", dtype="float32", name="images")(logits)
-    return keras.Model([z, attributes], images, name="decoder")
+    return keras.Model([z, condition], images, name="decoder")
+
+
+def _doubling(x, width: int, upsampling: str, **kwargs):
+    """Twice the side, `width` channels, no bias (the layer after adds it)."""
+    if upsampling == "transposed":
+        return layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, **kwargs)(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", **kwargs)(x)
+    return layers.Conv2D(width, 3, padding="same", use_bias=False, **kwargs)(x)
 
 
 def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> keras.Model:

@@ -19,7 +19,7 @@ from cvae.atomic import replace_file
 from cvae.config import Params
 from cvae.errors import CvaeError
 from cvae.gate import check_rules, compare, flatten
-from cvae.provenance import locked_hashes, record
+from cvae.provenance import locked_code, locked_hashes, record
 
 PROMOTED, KEPT = "promoted", "kept"
 
@@ -92,7 +92,7 @@ def gated_numbers(decision: dict) -> dict[str, float]:
 def _score_production(params: Params, prepared_dir, current: registry.Version,
                       classifier_path: Path) -> tuple[dict | None, str | None]:
     from cvae.evaluate import score
-    from cvae.faces import load_attribute_classifier, load_model
+    from cvae.model_files import load_attribute_classifier, load_model
 
     try:
         model = load_model(current.model)
@@ -118,6 +118,8 @@ def _provenance(params: Params, model_path: Path, prepared_dir, project_dir) -> 
         "registered_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "params": params.model_dump(by_alias=True),
         "dvc_lock_md5": locked_hashes(Path(project_dir)),
+        # git_commit is HEAD at registration; these are the files that trained the model
+        "train_code_md5": locked_code(Path(project_dir), "train"),
     }
 
 

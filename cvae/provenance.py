@@ -80,6 +80,20 @@ def locked_hashes(project_dir: Path) -> dict[str, str]:
             if "md5" in out}
 
 
+def locked_code(project_dir: Path, stage: str) -> dict[str, str]:
+    """Code file -> md5, as dvc.lock recorded them when `stage` last ran: the code that made
+    its outputs, whatever the working tree holds now ({} when nothing is recorded)."""
+    lock = project_dir / LOCK_FILE
+    if not lock.exists():
+        return {}
+    try:
+        entry = ((yaml.safe_load(lock.read_text()) or {}).get("stages", {})).get(stage, {})
+    except yaml.YAMLError as exc:
+        raise CvaeError(f"{lock}: not valid YAML ({exc})") from None
+    return {dep["path"]: dep["md5"] for dep in entry.get("deps", [])
+            if dep["path"].endswith(".py") and "md5" in dep}
+
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
     with path.open("rb") as handle:

@@ -12,13 +12,6 @@ from cvae.errors import CvaeError
 from cvae.progress import progress
 
 
-def check_attributes(wanted: list[str], available: list[str], key: str) -> list[str]:
-    missing = [name for name in wanted if name not in available]
-    if missing:
-        raise CvaeError(f"{key}: {missing} not among the data's attributes ({', '.join(available)})")
-    return list(wanted) or list(available)
-
-
 def check_judge(model, classifier: AttributeClassifier) -> None:
     if list(classifier.attribute_names) != list(model.attribute_names):
         raise CvaeError("the classifier and the model were trained on different attributes: "
@@ -41,7 +34,7 @@ def attribute_fidelity(model, classifier: AttributeClassifier, split: PreparedSp
             pool = np.flatnonzero(table[:, column] == value)
             condition = table[rng.choice(pool if len(pool) else len(table), samples)]
             condition[:, column] = value
-            images = _decode_prior(model, condition, seed, batch_size)
+            images = decode_prior(model, condition, seed, batch_size)
             agreement.append(float((predict_attributes(classifier, images, batch_size)[:, column] == value).mean()))
         fidelity[name] = float(np.mean(agreement))
     return fidelity
@@ -107,6 +100,7 @@ def _decode(model, z: np.ndarray, condition: np.ndarray, batch_size: int) -> np.
     return np.concatenate([np.asarray(model.decoder([z[s], condition[s]])) for s in _batches(len(z), batch_size)])
 
 
-def _decode_prior(model, condition: np.ndarray, seed: int, batch_size: int) -> np.ndarray:
+def decode_prior(model, condition: np.ndarray, seed: int, batch_size: int) -> np.ndarray:
+    """Faces decoded from z ~ N(0, I) drawn from `seed`: the same codes for any model."""
     z = np.random.default_rng(seed).standard_normal((len(condition), model.latent_dim)).astype(np.float32)
     return _decode(model, z, condition, batch_size)

@@ -6,7 +6,8 @@ The stage always runs (`always_changed` in dvc.yaml) and writes `data/source.jso
 no temporary paths, sorted keys), so an unchanged source gives the same bytes and DVC skips
 the rest. Kinds mirror the dispatch of `cvae.download`:
 
-- `synthetic`: nothing outside the project; the generator's params are DVC params of `download`.
+- `synthetic`, `shapes`: nothing outside the project; the generator's params are DVC params
+  of `download`.
 - `celeba`: the official release is frozen and `download` checks the published MD5s, so the
   fingerprint is those MD5s; no network.
 - a local directory: a hash over every file's relative path, size and content.
@@ -35,7 +36,7 @@ from urllib.request import Request, urlopen
 
 from cvae.atomic import replace_file
 from cvae.config import Params
-from cvae.download import CELEBA, CELEBA_FILES, SYNTHETIC
+from cvae.download import CELEBA, CELEBA_FILES, DRAWN
 from cvae.errors import CvaeError
 from cvae.fetch import TIMEOUT_S, USER_AGENT
 from cvae.progress import byte_progress, progress
@@ -69,8 +70,8 @@ def check_source(params: Params, out: str | Path) -> SourceCheck:
 
 def fingerprint(params: Params) -> dict:
     source = params.data.source
-    if source == SYNTHETIC:
-        return {"kind": "synthetic"}
+    if source in DRAWN:
+        return {"kind": source}
     if source == CELEBA:
         # No network: download accepts these files only with exactly these MD5s.
         return {"kind": "celeba", "md5": {file.name: file.md5 for file in CELEBA_FILES}}
@@ -86,8 +87,8 @@ def fingerprint(params: Params) -> dict:
         with byte_progress(size, f"check-source: hashing {path.name}") as advance:
             return {"kind": "zip", "source": source, "bytes": size, "sha256": _sha256_file(path, advance)}
     raise CvaeError(
-        f"data.source: {str(path)!r} does not exist; expected 'synthetic', 'celeba', an http(s)"
-        " URL, or a local directory or zip in CelebA layout"
+        f"data.source: {str(path)!r} does not exist; expected 'synthetic', 'shapes', 'celeba', an"
+        " http(s) URL, or a local directory or zip in CelebA layout"
     )
 
 
@@ -170,6 +171,8 @@ def _what(record: dict) -> str:
     kind, source = record["kind"], record.get("source", "")
     if kind == "synthetic":
         return "synthetic faces (drawn by download; nothing outside the project to check)"
+    if kind == "shapes":
+        return "labelled shapes (drawn by download; nothing outside the project to check)"
     if kind == "celeba":
         return "official CelebA files (a frozen release, pinned by their published MD5s)"
     if kind == "directory":

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvae.atomic import replace_directory, replace_file
+from cvae.attributes import check_names, chosen
 from cvae.config import Params, TrainParams
 from cvae.dataset import (ATTRIBUTES_FILE, IDS_FILE, META_FILE, PreparedSplit, load_split, tf_dataset,
                           without_autotune_thread)
@@ -32,23 +33,11 @@ from cvae.errors import CvaeError
 from cvae.model import CVAE, build_cvae
 from cvae.optimizer import FusedAdam
 from cvae.parallel import usable_cores
-from cvae.quality import check_attributes
+from cvae.seeding import seed_everything
 
 HISTORY_FILE = "history.csv"
 ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cvae generate`
 MONITOR = "val_neg_elbo"  # what early stopping watches: the held-out negative ELBO
-
-
-def seed_everything(seed: int, deterministic_ops: bool = True) -> None:
-    """Seed Python, NumPy and TensorFlow; with `deterministic_ops`, also make TensorFlow's
-    ops deterministic (process-wide; off otherwise, whatever an earlier call did)."""
-    keras.utils.set_random_seed(seed)
-    if deterministic_ops:
-        tf.config.experimental.enable_op_determinism()
-    else:  # not in tf.config's public API; Keras reads the same switch
-        from tensorflow.python.framework import config as tf_config
-
-        tf_config.disable_op_determinism()
 
 
 def attribute_sample(attributes, seed: int):
@@ -74,6 +63,7 @@ def train(params: Params, prepared_dir: str | Path, model_path: str | Path, hist
     # the step is compiled with XLA and runs are seeded but not bit-for-bit repeatable.
     seed_everything(params.seed, deterministic_ops=not jit_compile)
     train_split, val_split = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
+    check_names(params, train_split.attribute_names, str(prepared_dir))
     steps_per_epoch = math.ceil(len(train_split) / p.batch_size)
     precision = _resolve_precision(p.precision)
     strategy = strategy or _default_strategy()
@@ -131,18 +121,13 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         steer_weight=p.steer_weight,
         steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
         critic_fake_weight=p.critic_fake_weight,
-        conditioned=_conditioned(p.condition_attributes, train_split.attribute_names),
+        upsampling=p.upsampling,
     )
 
 
 def _steer_mask(wanted: list[str], available: list[str]) -> list[float]:
-    chosen = check_attributes(wanted, available, "train.steer_attributes")
-    return [1.0 if name in chosen else 0.0 for name in available]
-
-
-def _conditioned(wanted: list[str], available: list[str]) -> list[bool]:
-    chosen = check_attributes(wanted, available, "train.condition_attributes")
-    return [name in chosen for name in available]
+    steered = chosen(wanted, available, "train.steer_attributes")
+    return [1.0 if name in steered else 0.0 for name in available]
 
 
 def _in_float32(model: CVAE, params: Params, train_split: PreparedSplit, steps_per_epoch: int) -> CVAE:

@@ -33,6 +33,7 @@ from cvae.celeba import (
     read_partition_frame,
 )
 from cvae.atomic import replace_file
+from cvae.attributes import check_names
 from cvae.config import Params
 from cvae.errors import CvaeError
 from cvae.gx_suite import CRITICAL, WARNING, Table, run_tables
@@ -64,7 +65,9 @@ def validate(params: Params, raw_dir: str | Path, report_dir: str | Path,
     raw_dir = Path(raw_dir)
     attribute_file = read_attribute_frame(raw_dir / ATTRIBUTE_FILE)
     _check_header(attribute_file)
-    bounds = _prevalence_bounds(params, attribute_file)
+    # every key that names attributes, checked here, before anything trains
+    check_names(params, attribute_file.names, str(attribute_file.path))
+    bounds = params.validation.prevalence
     files = _image_files(raw_dir / IMAGE_DIR)
     partition_path = raw_dir / PARTITION_FILE
     partition = _partition_frame(partition_path) if partition_path.exists() else None
@@ -73,7 +76,8 @@ def validate(params: Params, raw_dir: str | Path, report_dir: str | Path,
     ids = set(attributes[IMAGE_ID_COLUMN])
     tables = [
         Table(ATTRIBUTE_FILE, attributes,
-              _attribute_expectations(attribute_file, partition is not None, params.validation.min_image_size)),
+              _attribute_expectations(attribute_file, partition is not None,
+                                      params.validation.min_image_size or params.data.image_size)),
         Table(f"{IMAGE_DIR}/", _file_rows(files, ids), _file_expectations()),
     ]
     if bounds:
@@ -154,16 +158,6 @@ def _check_header(attribute_file: AttributeFile) -> None:
     if clashes:
         raise CvaeError(f"{attribute_file.path}:2: attribute names must be unique and not {IMAGE_ID_COLUMN} or a"
                         f" derived column name; found {', '.join(clashes)}")
-
-
-def _prevalence_bounds(params: Params, attribute_file: AttributeFile) -> dict[str, list[float]]:
-    for name in params.validation.prevalence:
-        if name not in attribute_file.names:
-            raise CvaeError(
-                f"params validate.prevalence.{name}: {attribute_file.path} has no attribute {name!r}"
-                f" in its header (it has {len(attribute_file.names)}: {' '.join(attribute_file.names[:8])} ...)"
-            )
-    return params.validation.prevalence
 
 
 def _image_files(image_dir: Path) -> list[str]:

@@ -64,13 +64,15 @@ STAGE_ASSETS = {
     "evaluate": StageAsset("evaluation_metrics", "model", "Held-out ELBO (nats per image, bits per dim), "
                            "reconstruction MSE against the mean-image baseline, attribute fidelity of "
                            "generated faces, the classifier's agreement on reconstructions (the ceiling of "
-                           "fidelity) and edit success (reports/metrics.json)."),
+                           "fidelity), edit success, and the quality of sampled faces: their grid-artifact rate "
+                           "and their Fréchet distance to held-out faces in the judge's features "
+                           "(reports/metrics.json)."),
     "promote": StageAsset("production_model", "model", "The model registry (models/registry: every trained model "
                           "with its metrics and provenance) and the production model (models/production), switched "
                           "only when the quality gate of `retrain.gate` passes against the model in use, both scored "
                           "on the same held-out faces (reports/promotion.json)."),
-    "visualize": StageAsset("figures", "model", "Reconstructions, random and conditional samples, the Male x "
-                            "Smiling sweep, edits of held-out faces, interpolation, the PCA and t-SNE latent maps "
+    "visualize": StageAsset("figures", "model", "Reconstructions, random and conditional samples, a sweep of "
+                            "two attributes, edits of held-out faces, interpolation, the PCA and t-SNE latent maps "
                             "and the training curves (reports/figures); each PNG records its provenance (`cvae "
                             "provenance FILE`)."),
 }

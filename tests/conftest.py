@@ -92,9 +92,11 @@ def dvc_changes(repo: Path, *stages: str) -> dict:
 
 
 def make_dvc_repo(path: Path, params: dict) -> Path:
-    """A fresh git + DVC project holding this project's dvc.yaml and the given params."""
+    """A fresh git + DVC project holding this project's dvc.yaml, its code (the stages'
+    dependencies) and the given params."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT / "dvc.yaml", path / "dvc.yaml")
+    shutil.copytree(PROJECT / "cvae", path / "cvae", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / ".dvcignore", path / ".dvcignore")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], path)

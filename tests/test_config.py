@@ -57,3 +57,19 @@ def test_cli_reports_bad_params_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cvae download: error:" in err and "data.crop" in err and "Traceback" not in err
     assert not (tmp_path / "raw").exists()
+
+
+def test_params_yaml_holds_exactly_the_codes_defaults():
+    import yaml
+
+    from cvae.config import Params
+
+    written = yaml.safe_load(open("params.yaml").read())
+    defaults = Params().model_dump(by_alias=True, mode="json")
+    # every key is written out (and documented there), with the value the code assumes when it is left out
+    assert written == defaults
+
+
+def test_a_params_file_that_leaves_keys_out_gets_the_same_model(tmp_path):
+    path = write(tmp_path, "data:\n  source: shapes\n")
+    assert load_params(path).model_dump() == load_params("params.yaml", ["data.source=shapes"]).model_dump()

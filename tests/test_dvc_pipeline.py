@@ -11,7 +11,9 @@ import yaml
 from PIL import Image
 
 from cvae.config import load_params
-from cvae.figures import CAPTIONS
+from cvae.celeba import ATTRIBUTE_FILE, CELEBA_ATTRIBUTES, load_attributes
+from cvae.figures import CAPTIONS, SHOWS_KEY
+from cvae.synthetic import VISIBLE_ATTRIBUTES
 from tests.conftest import BIN, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
 STAGES = ("check_source", "download", "validate", "prepare", "train", "train_classifier", "evaluate", "promote",
@@ -36,24 +38,22 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced):
         assert f"Running stage '{stage}'" in first.stdout
     # long steps report progress as plain lines when the output is a log, not a terminal
     logged = first.stdout + first.stderr
-    judged = len(tiny_params_dict()["evaluate"]["fidelity_attributes"])
+    judged = len(VISIBLE_ATTRIBUTES)  # every attribute of the data, since params name none
     assert re.search(r"^\d+/\d+ - \d+s - .*val_neg_elbo", logged, re.MULTILINE)  # Keras: a line per epoch
     for line in ("download: synthetic faces: 96/96", "prepare: 1/",
-                 f"evaluate: fidelity: {judged}/{judged}", "evaluate: edits: 3/3",
+                 f"evaluate: fidelity: {judged}/{judged}", f"evaluate: edits: {judged}/{judged}",
                  f"visualize: {len(CAPTIONS)}/{len(CAPTIONS)}"):
         assert line in logged, line
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert {"mse", "kl_nats", "neg_elbo_nats", "bits_per_dim", "mean_image_mse", "mse_vs_mean_image"} <= set(metrics)
-    judged = tiny_params_dict()["evaluate"]["fidelity_attributes"]
-    assert set(metrics["fidelity"]) == {"mean", *judged}
+    assert set(metrics["fidelity"]) == {"mean", *VISIBLE_ATTRIBUTES}
     assert all(0.0 <= value <= 1.0 for value in metrics["fidelity"].values())
-    assert set(metrics["reconstruction_fidelity"]) == {"mean", *judged}
-    assert set(metrics["edit"]) == {"Smiling", "Eyeglasses", "Male"}
-    assert set(metrics["edit"]["Smiling"]) == {"success", "others_kept", "pixel_mse"}
+    assert set(metrics["reconstruction_fidelity"]) == {"mean", *VISIBLE_ATTRIBUTES}
+    assert set(metrics["edit"]) == {"mean", *VISIBLE_ATTRIBUTES}
+    assert set(metrics["edit"]["Smiling"]) == set(metrics["edit"]["mean"]) == {"success", "others_kept", "pixel_mse"}
     classifier = json.loads((repo / "reports/classifier.json").read_text())
-    assert set(classifier["attributes"]["Smiling"]) == {"accuracy", "balanced_accuracy", "prevalence", "learnt"}
-    learnt = [name for name, scores in classifier["attributes"].items() if scores["learnt"]]
-    assert sorted(learnt) == sorted(tiny_params_dict()["classifier"]["attributes"])
+    assert set(classifier["attributes"]) == set(VISIBLE_ATTRIBUTES)
+    assert set(classifier["attributes"]["Smiling"]) == {"accuracy", "balanced_accuracy", "prevalence"}
     assert (repo / "models/cvae.keras").stat().st_size > 0
     for name in CAPTIONS:
         with Image.open(repo / "reports/figures" / name) as image:
@@ -232,3 +232,25 @@ def test_a_changed_source_folder_reruns_download_and_an_unchanged_one_does_not(t
     assert {"download", "validate", "prepare"} <= rerun, rerun
     record = json.loads((repo / "data/source.json").read_text())
     assert (record["kind"], record["files"]) == ("directory", sum(1 for p in delivery.rglob("*") if p.is_file()))
+
+
+def test_a_labelled_set_with_other_names_runs_end_to_end_with_only_the_source_changed(tmp_path):
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(data={"source": "shapes"}))
+    dvc(repo, "repro")
+    names = load_attributes(repo / "data/raw" / ATTRIBUTE_FILE).names
+    assert "Circle" in names and not set(names) & set(CELEBA_ATTRIBUTES)
+    assert (repo / "models/cvae.keras").stat().st_size > 0 and (repo / "models/production").exists()
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(metrics["fidelity"]) == set(metrics["edit"]) == {"mean", *names}
+    assert {"grid_artifact_rate", "frechet_distance"} <= set(metrics["samples"])
+    assert json.loads((repo / "reports/promotion.json").read_text())["decision"] == "promoted"
+    shown = {}
+    for name in CAPTIONS:
+        with Image.open(repo / "reports/figures" / name) as image:
+            assert image.format == "PNG"
+            if SHOWS_KEY in image.text:
+                shown[name] = json.loads(image.text[SHOWS_KEY])
+    assert len(shown) == 4  # the conditional rows, the sweep, the edits and the latent map
+    for name, chosen in shown.items():
+        settings = chosen.values() if isinstance(chosen, dict) else [chosen]
+        assert {attribute for setting in settings for attribute in setting} <= set(names), name

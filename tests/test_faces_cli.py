@@ -37,10 +37,9 @@ FACE_ROW = [-1.0, 1.0, -1.0, 1.0]  # face.jpg's attributes in the attribute file
 CROP = 24  # data.crop of the test's params file; the face image is 40x30
 
 
-def tiny_cvae(rows: np.ndarray | None, conditioned: list[bool] | None = None):
+def tiny_cvae(rows: np.ndarray | None):
     return build_cvae(image_size=16, n_attributes=len(NAMES), filters=[8, 16], latent_dim=4, beta=1.0,
-                      decoder_std=0.1, seed=0, attribute_names=NAMES, attribute_rows=rows,
-                      conditioned=conditioned)
+                      decoder_std=0.1, seed=0, attribute_names=NAMES, attribute_rows=rows)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def files(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("faces")
     keras.utils.set_random_seed(0)
     f = SimpleNamespace(
-        model=root / "cvae.keras", bare_model=root / "bare.keras", blind_model=root / "blind.keras", classifier=root / "classifier.keras",
+        model=root / "cvae.keras", bare_model=root / "bare.keras", classifier=root / "classifier.keras",
         foreign_classifier=root / "foreign.keras", sequential=root / "sequential.keras",
         corrupt=root / "corrupt.keras", face=root / "face.jpg", unlisted=root / "unlisted.jpg",
         truncated=root / "truncated.jpg", not_image=root / "notes.jpg",
@@ -56,7 +55,6 @@ def files(tmp_path_factory) -> SimpleNamespace:
     )
     tiny_cvae(TABLE).save(f.model)
     tiny_cvae(None).save(f.bare_model)
-    tiny_cvae(TABLE, conditioned=[True, True, True, False]).save(f.blind_model)  # blind to Eyeglasses
     build_classifier(16, NAMES, [8]).save(f.classifier)
     build_classifier(16, ["Male", "Smiling"], [8]).save(f.foreign_classifier)
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(f.sequential)
@@ -260,12 +258,6 @@ ERRORS = {
     "edit: truncated image": ("edit {f.truncated}", "{f.truncated}: cannot read the image (OSError: "),
     "edit: unknown attribute": ("edit {f.face} --set Eyeglases=1",
                                 "unknown attribute 'Eyeglases'; did you mean 'Eyeglasses'?"),
-    "a setting the model is blind to": ("generate --attr Eyeglasses=1 --model {f.blind_model}",
-                                        "this model was trained blind to Eyeglasses (train.condition_attributes),"
-                                        " so setting it changes nothing; it is conditioned on: Bald, Blond_Hair,"
-                                        " Smiling"),
-    "edit: a setting the model is blind to": ("edit {f.face} --set Eyeglasses=1 --model {f.blind_model}",
-                                              "this model was trained blind to Eyeglasses"),
     "edit: value not a number": ("edit {f.face} --set Smiling=maybe",
                                  "--set Smiling=maybe: value must be a number"),
     "edit: corrupt model": ("edit {f.face} --model {f.corrupt}", "{f.corrupt}: not a .keras model file"),

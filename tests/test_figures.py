@@ -108,8 +108,10 @@ def test_interpolation_rows_start_and_end_at_real_faces(project, tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("conditional_rows", {"glasses": {"Eyeglases": 1}}, r"visualize.conditional_rows.glasses: \['Eyeglases'\]"),
-    ("edit_rows", {"x": {"Nope": 1}}, r"visualize.edit_rows.x: \['Nope'\]"),
+    ("conditional_rows", {"glasses": {"Eyeglases": 1}},
+     r"visualize.conditional_rows.glasses: 'Eyeglases' is not an attribute of the data; did you mean 'Eyeglasses'"),
+    ("edit_rows", {"x": {"Nope": 1}}, r"visualize.edit_rows.x: 'Nope' is not an attribute"),
+    ("sweep_attributes", ["Male", "Smilin"], r"visualize.sweep_attributes: 'Smilin'"),
     ("latent_color_attributes", ["Smiling", "Smilin"], r"visualize.latent_color_attributes: 'Smilin'"),
 ])
 def test_an_unknown_attribute_is_named_and_the_old_figures_stay(project, tmp_path, key, value, message):

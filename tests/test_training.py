@@ -37,12 +37,10 @@ from tests.conftest import BIN, PROJECT, run, stage_env, tiny_params_dict
 # enough to kill a run after its first checkpoint and still have epochs left to resume.
 RUN = {"epochs": 8, "kl_warmup_epochs": 1, "lr_schedule": "cosine", "early_stopping_patience": 2}
 # A training set this small is overfitted within a few epochs at this learning rate, so
-# the held-out ELBO gets worse and early stopping has a best epoch to go back to. The model
-# sees all 40 attributes here: the synthetic faces' 25 random ones name each training face,
-# and a decoder that sees them memorises the faces quickly (blind to them, it did not
-# overfit within the 8 epochs).
-OVERFIT = {"epochs": 8, "kl_warmup_epochs": 0, "lr_schedule": "constant", "learning_rate": 0.003,
-           "decoder_std": 0.05, "early_stopping_patience": 1, "condition_attributes": []}
+# the held-out ELBO gets worse and early stopping has a best epoch to go back to (here:
+# 6242, 5138, then 5431 nats).
+OVERFIT = {"epochs": 8, "kl_warmup_epochs": 0, "lr_schedule": "constant", "learning_rate": 0.01,
+           "decoder_std": 0.05, "early_stopping_patience": 1}
 ONE_EPOCH = {"epochs": 1, "kl_warmup_epochs": 0, "early_stopping_patience": 0}
 TRAIN_IMAGES, BATCH = 24, 16  # the synthetic_root fixture's training split, tiny_params' batch size
 
@@ -332,7 +330,8 @@ def test_mixed_bfloat16_trains_on_a_cpu_and_saves_a_float32_model(prepared, one_
 
 
 def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepared, tmp_path):
-    with pytest.raises(CvaeError, match=r"train.steer_attributes: \['Smilng'\] not among"):
+    with pytest.raises(CvaeError, match=r"train.steer_attributes: 'Smilng' is not an attribute of the data; did you"
+                                        r" mean 'Smiling'\?"):
         train(make_params(**ONE_EPOCH, steer_weight=10.0, steer_attributes=["Smilng"]), prepared,
               tmp_path / "bad.keras", tmp_path / "bad")
     assert not (tmp_path / "bad.keras").exists()
@@ -342,16 +341,6 @@ def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepar
     model = load_cvae(tmp_path / "cvae.keras")
     chosen = [name for name, on in zip(model.attribute_names, model.steer_mask) if on]
     assert chosen == sorted(chosen, key=model.attribute_names.index) and set(chosen) == {"Smiling", "Male"}
-
-
-def test_training_conditions_on_the_chosen_attributes_and_names_an_unknown_one(prepared, tmp_path):
-    with pytest.raises(CvaeError, match=r"train.condition_attributes: \['Smilng'\] not among"):
-        train(make_params(**ONE_EPOCH, condition_attributes=["Smilng"]), prepared, tmp_path / "bad.keras",
-              tmp_path / "bad")
-    assert not (tmp_path / "bad.keras").exists()
-    train(make_params(**ONE_EPOCH, condition_attributes=["Smiling", "Male"]), prepared, tmp_path / "cvae.keras",
-          tmp_path / "train")
-    assert load_cvae(tmp_path / "cvae.keras").conditioned_attributes == ["Male", "Smiling"]  # the data's order
 
 
 def test_on_a_gpu_the_step_is_really_compiled_with_xla(prepared, one_epoch, tmp_path, monkeypatch, capsys):

@@ -85,7 +85,7 @@ def defective(tmp_path_factory, synthetic_root):
     (images / "000006.jpg").write_bytes(b"this is not a JPEG" * 20)
     whole = (images / "000007.jpg").read_bytes()
     (images / "000007.jpg").write_bytes(whole[: len(whole) // 2])  # the first half of a real JPEG
-    Image.new("RGB", (40, 50), "white").save(images / "000008.jpg", "JPEG")
+    Image.new("RGB", (20, 25), "white").save(images / "000008.jpg", "JPEG")  # below data.image_size
     shutil.copy(images / "000001.jpg", images / "stray.jpg")  # a file without a row
 
     params_file = root / "params.yaml"
@@ -104,7 +104,7 @@ def test_cli_exits_1_with_a_readable_message_and_no_traceback(defective):
     assert defective["code"] == 1
     err = defective["stderr"]
     assert "cvae validate: error: validation of" in err and "Traceback" not in err
-    assert ("[list_attr_celeba.txt] expect_column_values_to_be_in_set, column Arched_Eyebrows: 1 unexpected"
+    assert ("[list_attr_celeba.txt] expect_column_values_to_be_in_set, column Bangs: 1 unexpected"
             " (expected values in {-1, 1}); examples: 000003.jpg: 'x'") in err
     assert "1 warning(s), not blocking:" in err
 
@@ -115,10 +115,10 @@ def test_only_the_planted_defects_fail(defective):
         (ATTRIBUTES, "expect_table_columns_to_match_ordered_list", None),
         (ATTRIBUTES, "expect_table_row_count_to_equal", None),
         (ATTRIBUTES, "expect_column_values_to_be_unique", "image_id"),
-        (ATTRIBUTES, "expect_column_values_to_be_in_set", "5_o_Clock_Shadow"),
-        (ATTRIBUTES, "expect_column_values_to_be_in_set", "Arched_Eyebrows"),
-        (ATTRIBUTES, "expect_column_values_to_be_in_set", "Attractive"),
-        (ATTRIBUTES, "expect_column_values_to_not_be_null", "Young"),
+        (ATTRIBUTES, "expect_column_values_to_be_in_set", "Bald"),
+        (ATTRIBUTES, "expect_column_values_to_be_in_set", "Bangs"),
+        (ATTRIBUTES, "expect_column_values_to_be_in_set", "Black_Hair"),
+        (ATTRIBUTES, "expect_column_values_to_not_be_null", "Wearing_Lipstick"),
         (ATTRIBUTES, "expect_column_values_to_be_in_set", "has_image_file"),
         (ATTRIBUTES, "expect_column_values_to_be_null", "image_decode_error"),
         (ATTRIBUTES, "expect_column_values_to_be_between", "image_width"),
@@ -137,22 +137,22 @@ def failure(defective, table, expectation, column=None):
 
 
 def test_bad_value(defective):
-    found = failure(defective, ATTRIBUTES, "expect_column_values_to_be_in_set", "5_o_Clock_Shadow")
+    found = failure(defective, ATTRIBUTES, "expect_column_values_to_be_in_set", "Bald")
     assert (found["unexpected_count"], found["examples"]) == (1, ["000002.jpg: 2"])
 
 
 def test_non_numeric_value(defective):
-    found = failure(defective, ATTRIBUTES, "expect_column_values_to_be_in_set", "Arched_Eyebrows")
+    found = failure(defective, ATTRIBUTES, "expect_column_values_to_be_in_set", "Bangs")
     assert found["examples"] == ["000003.jpg: 'x'"]
 
 
 def test_number_too_large_for_any_integer_type(defective):
-    found = failure(defective, ATTRIBUTES, "expect_column_values_to_be_in_set", "Attractive")
+    found = failure(defective, ATTRIBUTES, "expect_column_values_to_be_in_set", "Black_Hair")
     assert found["examples"] == ["000013.jpg: 99999999999999999999"]
 
 
 def test_row_with_too_few_values(defective):
-    found = failure(defective, ATTRIBUTES, "expect_column_values_to_not_be_null", "Young")
+    found = failure(defective, ATTRIBUTES, "expect_column_values_to_not_be_null", "Wearing_Lipstick")
     assert found["examples"] == ["000004.jpg: None"]
 
 
@@ -187,8 +187,8 @@ def test_corrupt_and_truncated_images_fail_to_decode(defective):
 def test_image_too_small(defective):
     width = failure(defective, ATTRIBUTES, "expect_column_values_to_be_between", "image_width")
     height = failure(defective, ATTRIBUTES, "expect_column_values_to_be_between", "image_height")
-    assert (width["examples"], height["examples"]) == (["000008.jpg: 40"], ["000008.jpg: 50"])
-    assert width["expected"] == "images at least 64 px wide"
+    assert (width["examples"], height["examples"]) == (["000008.jpg: 20"], ["000008.jpg: 25"])
+    assert width["expected"] == "images at least 32 px wide"  # validate.min_image_size null: data.image_size
 
 
 def test_partition_value_outside_0_1_2(defective):
@@ -282,10 +282,23 @@ def test_missing_image_folder_fails(synthetic_root, tmp_path):
     assert "expected an image folder img_align_celeba/ with files" in summary.describe_failures()
 
 
-def test_prevalence_of_an_absent_attribute_is_a_clear_error(synthetic_root, tmp_path):
-    with pytest.raises(CvaeError, match=r"validate\.prevalence\.Has_Wings: .*list_attr_celeba\.txt has no"
-                                        r" attribute 'Has_Wings'"):
-        validate(params(prevalence={**WIDE, "Has_Wings": [0.1, 0.2]}), synthetic_root, tmp_path / "report")
+def test_every_key_naming_an_absent_attribute_is_reported_at_once_before_anything_trains(synthetic_root, tmp_path):
+    bad = params_from_dict(tiny_params_dict(
+        validate={"prevalence": {**WIDE, "Has_Wings": [0.1, 0.2]}},
+        train={"steer_attributes": ["Smilng"]},
+        visualize={"edit_rows": {"wings": {"Has_Wings": 1}}, "sweep_attributes": ["Male", "Tail"]},
+        retrain={"gate": {"edit/Has_Wings/success": {"better": "higher", "tolerance": 0.05}}},
+    ))
+    with pytest.raises(CvaeError) as raised:
+        validate(bad, synthetic_root, tmp_path / "report")
+    message = str(raised.value)
+    assert "list_attr_celeba.txt does not have (it has 15: Bald, Bangs" in message
+    for line in ("validate.prevalence: 'Has_Wings' is not an attribute of the data",
+                 "train.steer_attributes: 'Smilng' is not an attribute of the data; did you mean 'Smiling'?",
+                 "visualize.edit_rows.wings: 'Has_Wings' is not an attribute",
+                 "visualize.sweep_attributes: 'Tail' is not an attribute",
+                 "retrain.gate.edit/Has_Wings/success: 'Has_Wings' is not an attribute"):
+        assert line in message, line
     assert not (tmp_path / "report").exists()
 
 
@@ -314,7 +327,7 @@ def test_prevalence_drift_warns_and_the_baseline_follows_validated_deliveries(sy
     first = validate(params(), synthetic_root, tmp_path / "r1", baseline)
     assert first.success and not first.warnings  # nothing to compare with yet
     recorded = json.loads(baseline.read_text())["prevalence"]
-    assert len(recorded) == 40 and 0 < recorded["Smiling"] < 1
+    assert len(recorded) == 15 and 0 < recorded["Smiling"] < 1
     again = validate(params(), synthetic_root, tmp_path / "r2", baseline)
     assert again.success and not again.warnings  # the same delivery: no shift
 
@@ -342,5 +355,5 @@ def test_a_broken_baseline_or_unknown_drift_attribute_is_named(synthetic_root, t
     with pytest.raises(CvaeError, match=r"validated_prevalence.json: not a prevalence baseline"):
         validate(params(), synthetic_root, tmp_path / "report", baseline)
     baseline.write_text(json.dumps({"prevalence": {"Smiling": 0.5}}))
-    with pytest.raises(CvaeError, match=r"validate.drift_attributes: \['Smilng'\]"):
+    with pytest.raises(CvaeError, match=r"validate.drift_attributes: 'Smilng' is not an attribute"):
         validate(params(drift_attributes=["Smilng"]), synthetic_root, tmp_path / "report", baseline)
