@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +66,12 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, num_images=48, seed=3, val_fraction=0.25, test_fraction=0.25, workers=1)
     return root
+
+
+def digest(root: Path) -> str:
+    """One hash of every file's name and bytes below `root`."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
 
 
 def stage_env() -> dict[str, str]:

@@ -51,14 +51,18 @@ def judge() -> AttributeClassifier:
     return AttributeClassifier(keras.Model(images, logits), NAMES)
 
 
+def noise_split(folder, n: int) -> PreparedSplit:
+    """`n` held-out "faces" of uniform noise (channel means near 0.5), random attributes."""
+    rng = np.random.default_rng(0)
+    np.save(folder / "shard.npy", rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
+    attributes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, len(NAMES)))
+    return PreparedSplit(ShardedImages([folder / "shard.npy"], [n], SIZE), attributes,
+                         [f"{i}.jpg" for i in range(n)], NAMES)
+
+
 @pytest.fixture
 def held_out(tmp_path) -> PreparedSplit:
-    rng = np.random.default_rng(0)
-    n = 40
-    np.save(tmp_path / "shard.npy", rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
-    attributes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, len(NAMES)))
-    return PreparedSplit(ShardedImages([tmp_path / "shard.npy"], [n], SIZE), attributes,
-                         [f"{i}.jpg" for i in range(n)], NAMES)
+    return noise_split(tmp_path, 40)
 
 
 def test_the_judge_sees_what_the_decoder_draws():

@@ -17,7 +17,7 @@ from cvae.sample_quality import (frechet_distance, grid_artifact_rate, grid_arti
                                  sample_quality)
 from cvae.synthetic import CENTRE, draw_face, sample_attributes
 from tests.test_promote import real_score, world  # noqa: F401  (world: a fixture)
-from tests.test_quality import LATENT, NAMES, SIZE, brightness_cvae, fixed_dense, judge
+from tests.test_quality import LATENT, NAMES, SIZE, brightness_cvae, fixed_dense, judge, noise_split
 
 SIDE = 64
 Y, X = np.mgrid[:SIDE, :SIDE]
@@ -161,13 +161,7 @@ def grid_cvae() -> CVAE:
 
 @pytest.fixture
 def noisy_faces(tmp_path) -> PreparedSplit:
-    """Held-out "faces" of uniform noise: channel means near 0.5."""
-    rng = np.random.default_rng(0)
-    n = 60
-    np.save(tmp_path / "shard.npy", rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8))
-    attributes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(n, len(NAMES)))
-    return PreparedSplit(ShardedImages([tmp_path / "shard.npy"], [n], SIZE), attributes,
-                         [f"{i}.jpg" for i in range(n)], NAMES)
+    return noise_split(tmp_path, 60)
 
 
 def test_sample_quality_tells_a_grid_painter_and_a_far_off_decoder_from_the_data(noisy_faces):

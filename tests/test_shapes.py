@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
@@ -26,12 +25,7 @@ from cvae.prepare import prepare
 from cvae.shapes import SHAPE_ATTRIBUTES, SIZE, generate, sample_attributes
 from cvae.source_check import check_source
 from cvae.validation import validate
-from tests.conftest import tiny_params_dict
-
-
-def digest(root):
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+from tests.conftest import digest, tiny_params_dict
 
 
 @pytest.fixture(scope="module")

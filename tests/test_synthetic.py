@@ -1,5 +1,3 @@
-import hashlib
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,11 +11,7 @@ from cvae.celeba import (
     read_partition,
 )
 from cvae.synthetic import VISIBLE_ATTRIBUTES, draw_face, generate, sample_attributes
-
-
-def digest(root):
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+from tests.conftest import digest
 
 
 def test_layout_matches_celeba(synthetic_root):
