@@ -131,6 +131,8 @@ class RetrainParams(_Section):
         "mse": GateRule(better="lower", tolerance=0.0005),
         "fidelity/mean": GateRule(better="higher", tolerance=0.02),
         "edit/mean/success": GateRule(better="higher", tolerance=0.05),
+        "samples/grid_artifact_rate": GateRule(better="lower", tolerance=0.02),
+        "samples/frechet_ratio": GateRule(better="lower", tolerance=0.25),
     })
 
 

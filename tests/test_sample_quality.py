@@ -185,7 +185,10 @@ def test_sample_quality_needs_two_faces_a_half(noisy_faces):
 
 def test_evaluate_scores_samples_on_the_same_draws_for_every_model(world):
     first, second = real_score(world, world.first), real_score(world, world.second)
-    assert set(first["samples"]) == {"grid_artifact_rate", "frechet_distance", "real_frechet_distance"}
+    assert set(first["samples"]) == {"grid_artifact_rate", "frechet_distance", "real_frechet_distance",
+                                     "frechet_ratio"}
+    assert first["samples"]["frechet_ratio"] == pytest.approx(
+        first["samples"]["frechet_distance"] / first["samples"]["real_frechet_distance"], abs=1e-4)
     assert 0.0 <= first["samples"]["grid_artifact_rate"] <= 1.0
     assert first["samples"]["frechet_distance"] != second["samples"]["frechet_distance"]
     assert first["samples"]["real_frechet_distance"] == second["samples"]["real_frechet_distance"]
