@@ -16,8 +16,6 @@ from keras import layers, ops
 
 from cvae.networks import PACKAGE, build_critic, build_decoder, build_encoder
 
-STEER_TARGETS = ("shuffled", "flip_one")  # what the steer term decodes each face with
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Sampling(layers.Layer):
@@ -49,8 +47,7 @@ class CVAE(keras.Model):
                  decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
                  attribute_table_rows: int = 0, kl_warmup_steps: int = 0, xcov_weight: float = 0.0,
                  edge_weight: float = 0.0, critic: keras.Model | None = None, steer_weight: float = 0.0,
-                 steer_mask: list[float] | None = None, critic_fake_weight: float = 0.0,
-                 steer_targets: str = "shuffled", **kwargs):
+                 steer_mask: list[float] | None = None, critic_fake_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
@@ -63,11 +60,6 @@ class CVAE(keras.Model):
         # weight of the critic's lesson on decoded faces: what they were asked to show, it
         # learns to call absent (0: the critic learns from real faces alone)
         self.critic_fake_weight = critic_fake_weight
-        # the attributes a face is decoded with in the steer term: another face's
-        # (`shuffled`), or its own with one steered attribute flipped (`flip_one`)
-        if steer_targets not in STEER_TARGETS:
-            raise ValueError(f"steer_targets must be one of {STEER_TARGETS}, got {steer_targets!r}")
-        self.steer_targets = steer_targets
         # The model travels without its dataset: it carries the attribute names and a sample
         # of training attribute rows, from which `cvae generate` draws the attributes a user
         # did not set (joint prevalence, so no bald face with blond hair).
@@ -189,12 +181,9 @@ class CVAE(keras.Model):
         their own), only that a decoded one does not count until it looks like the real
         ones. Learning from real faces alone, it saw a smile in 96% of the faces given one
         where the judge saw 42%, and the steer term had nothing left to teach."""
-        mask = ops.convert_to_tensor(self.steer_mask, "float32")
-        if self.steer_targets == "shuffled":
-            target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
-        else:
-            target = condition * (1.0 - 2.0 * self._one_steered_attribute(condition, mask))
+        target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
         edited = self.decoder([ops.stop_gradient(z), target], training=training)
+        mask = ops.convert_to_tensor(self.steer_mask, "float32")
 
         def cross_entropy(logits, attributes):
             labels = (attributes + 1.0) / 2.0  # -1/+1 to 0/1
@@ -214,13 +203,6 @@ class CVAE(keras.Model):
         asked = ops.cast(target > 0, "float32") * mask
         absent = ops.binary_crossentropy(ops.zeros_like(logits), logits, from_logits=True)
         return steer, critic_real, ops.sum(absent * asked, axis=-1)
-
-    def _one_steered_attribute(self, condition, mask):
-        """Per row, a one-hot pick of one attribute of the mask, uniform among them: what
-        an edit changes (correlated attributes, such as a smile and an open mouth, are
-        flipped alone, as a user flips them)."""
-        scores = keras.random.uniform(ops.shape(condition), seed=self.steer_seed_generator) * mask
-        return ops.one_hot(ops.argmax(scores, axis=-1), ops.shape(condition)[-1], dtype="float32")
 
     def train_step(self, data):
         images, condition = data
@@ -305,7 +287,6 @@ class CVAE(keras.Model):
             "steer_weight": self.steer_weight,
             "steer_mask": self.steer_mask,
             "critic_fake_weight": self.critic_fake_weight,
-            "steer_targets": self.steer_targets,
         }
 
     @classmethod
@@ -367,8 +348,7 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
                attribute_names: list[str] | None = None, attribute_rows=None,
                kl_warmup_steps: int = 0, xcov_weight: float = 0.0, edge_weight: float = 0.0,
                steer_weight: float = 0.0, steer_mask: list[float] | None = None,
-               critic_fake_weight: float = 0.0, upsampling: str = "transposed",
-               steer_targets: str = "shuffled") -> CVAE:
+               critic_fake_weight: float = 0.0, upsampling: str = "transposed") -> CVAE:
     """`attribute_rows`: training attribute rows (-1/+1) to keep with the model. A
     positive `steer_weight` adds the critic and its steer term. `upsampling`: the
     decoder's (cvae.networks.build_decoder)."""
@@ -388,7 +368,6 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
         steer_weight=steer_weight,
         steer_mask=steer_mask,
         critic_fake_weight=critic_fake_weight,
-        steer_targets=steer_targets,
     )
     if rows:
         model.attribute_table.assign(ops.convert_to_tensor(attribute_rows, "float32"))

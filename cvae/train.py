@@ -122,7 +122,6 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
         critic_fake_weight=p.critic_fake_weight,
         upsampling=p.upsampling,
-        steer_targets=p.steer_targets,
     )
 
 

@@ -350,28 +350,3 @@ def test_a_resizing_decoder_has_no_transposed_convolution_and_round_trips(tmp_pa
     transposed = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
                             decoder_std=0.1, seed=0)
     assert any("Transpose" in type(layer).__name__ for layer in transposed.decoder.layers)
-
-
-def test_flip_one_steers_each_face_with_its_own_attributes_and_one_steered_attribute_flipped():
-    model = _steered(50.0, mask=[1.0, 0.0, 1.0])
-    model.steer_targets = "flip_one"
-    _, condition = batch(64)
-    flips = np.stack([np.asarray(model._one_steered_attribute(condition, np.array([1.0, 0.0, 1.0], np.float32)))
-                      for _ in range(4)])
-    assert (flips.sum(axis=-1) == 1).all()  # one attribute a face
-    assert (flips[..., 1] == 0).all()  # never one the mask leaves out
-    assert 0.3 < flips[..., 0].mean() < 0.7  # either steered one, about as often
-    seen = {}
-    decoder = model.decoder
-
-    def recording_decoder(inputs, **kwargs):
-        seen.setdefault("targets", np.asarray(inputs[1]))
-        return decoder(inputs, **kwargs)
-
-    model.decoder = recording_decoder
-    images, _ = batch(64)
-    model._steer_terms(images, condition, np.zeros((64, 4), np.float32), training=False)
-    changed = seen["targets"] != condition
-    assert (changed.sum(axis=1) == 1).all() and not changed[:, 1].any()
-    with pytest.raises(ValueError, match="steer_targets must be one of"):
-        CVAE(model.encoder, decoder, steer_targets="random")
