@@ -148,3 +148,14 @@ def test_cvae_provenance_prints_the_record_and_refuses_other_files(project, tmp_
                           (tmp_path / "missing.png", "no such file")):
         assert main(["provenance", str(path)]) == 1
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "visualize"])
+def test_a_file_that_is_not_a_model_is_a_clear_error_without_traceback(project, tmp_path, capsys, command):
+    (tmp_path / "cvae.keras").write_text("not a model")
+    paths = {"evaluate": ["--classifier", str(project / "cvae.keras"), "--metrics", str(tmp_path / "m.json")],
+             "visualize": ["--figures", str(tmp_path / "figures"), "--history", str(project / "train")]}[command]
+    code = main([command, "--prepared", str(project / "prepared"), "--model", str(tmp_path / "cvae.keras"), *paths])
+    err = capsys.readouterr().err
+    assert code == 1 and "cvae.keras: not a .keras model file (not a zip archive)" in err and "Traceback" not in err
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "figures").exists()
