@@ -19,6 +19,7 @@ from cvae.atomic import replace_file
 from cvae.config import Params
 from cvae.dataset import PreparedSplit, load_split, tf_dataset
 from cvae.errors import CvaeError
+from cvae.model_files import first_line, require_keras_file, saved_class_name
 from cvae.networks import PACKAGE
 
 
@@ -66,7 +67,15 @@ def build_classifier(image_size: int, attribute_names: list[str], filters: list[
 
 
 def load_classifier(path: str | Path) -> AttributeClassifier:
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    """The attribute classifier at `path`, or a CvaeError that says why the file is not one."""
+    require_keras_file(path, "classifier")
+    held = saved_class_name(path)
+    if held not in (None, "AttributeClassifier"):  # named from the archive: no need to import its code
+        raise CvaeError(f"{path} holds a {held}, not a cvae attribute classifier")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
+        raise CvaeError(f"{path}: not a cvae attribute classifier: {first_line(exc)}") from None
     if not isinstance(model, AttributeClassifier):
         raise CvaeError(f"{path} holds a {type(model).__name__}, not a cvae attribute classifier")
     return model

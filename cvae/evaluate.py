@@ -30,9 +30,10 @@ def mean_image(split) -> np.ndarray:
 
 def evaluate(params: Params, prepared_dir: str | Path, model_path: str | Path, classifier_path: str | Path,
              metrics_path: str | Path) -> dict:
-    from cvae.model_files import load_attribute_classifier, load_model
+    from cvae.classifier import load_classifier
+    from cvae.model import load_cvae
 
-    metrics = score(params, prepared_dir, load_model(model_path), load_attribute_classifier(classifier_path))
+    metrics = score(params, prepared_dir, load_cvae(model_path), load_classifier(classifier_path))
     with replace_file(metrics_path) as staging:
         staging.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -28,10 +28,11 @@ import numpy as np
 from PIL.PngImagePlugin import PngInfo
 
 from cvae.atomic import replace_file
+from cvae.classifier import load_classifier
 from cvae.errors import CvaeError
 from cvae.figures import image_grid
 from cvae.image_checks import check_image
-from cvae.model_files import load_attribute_classifier, load_model
+from cvae.model import load_cvae
 
 GRID_FILE = "grid.png"
 LARGEST_SQUARE = 1 << 62  # a crop no image reaches: `load_square` then takes the largest centred square
@@ -122,7 +123,7 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
     out_dir = Path(out_dir)
     _require_directory_target(out_dir)
     pinned = _pin(model_path)
-    model = load_model(pinned)
+    model = load_cvae(pinned)
     check_attribute_names(settings, model.attribute_names)
     seed = int(np.random.default_rng().integers(SEED_LIMIT)) if seed is None else seed
     table = np.asarray(model.attribute_table)
@@ -159,7 +160,7 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
     if out_path.is_dir():
         raise CvaeError(f"{out_path}: is a directory; --out takes the path of the PNG to write")
     pinned = _pin(model_path)
-    model = load_model(pinned)
+    model = load_cvae(pinned)
     names = model.attribute_names
     check_attribute_names(edits, names)
     crop = LARGEST_SQUARE if crop is None else crop
@@ -204,7 +205,7 @@ def _attributes_by_classifier(classifier_path: str | Path, image_path: Path, cro
                               names: list[str]) -> np.ndarray:
     from cvae.classifier import predict_attributes
 
-    classifier = load_attribute_classifier(classifier_path)
+    classifier = load_classifier(classifier_path)
     columns = _columns(names, classifier.attribute_names, f"the classifier {classifier_path}")
     image = _load_face(image_path, crop, _image_size(classifier.network))
     return predict_attributes(classifier, image[None])[0, columns].astype(np.float32)

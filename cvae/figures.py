@@ -82,9 +82,9 @@ def labelled_grid(rows: list[np.ndarray], labels: list[str], gap: int = 2) -> Im
 
 def visualize(params: Params, prepared_dir: str | Path, model_path: str | Path, figures_dir: str | Path,
               history_dir: str | Path | None = None) -> dict:
-    from cvae.model_files import load_model
+    from cvae.model import load_cvae
 
-    model = load_model(model_path)
+    model = load_cvae(model_path)
     test = load_split(prepared_dir, "test")
     if len(test) == 0:
         raise CvaeError(f"{prepared_dir}: the test split is empty; nothing to visualise")

@@ -14,6 +14,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from cvae.errors import CvaeError
+from cvae.model_files import first_line, require_keras_file, saved_class_name
 from cvae.networks import PACKAGE, build_critic, build_decoder, build_encoder
 
 
@@ -375,7 +377,15 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
 
 
 def load_cvae(path) -> CVAE:
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    """The CVAE at `path`, or a CvaeError that says why the file is not one."""
+    require_keras_file(path, "model")
+    held = saved_class_name(path)
+    if held not in (None, "CVAE"):  # named from the archive: no need to import the other's code
+        raise CvaeError(f"{path}: not a cvae model: {path} holds a {held}, not a cvae.CVAE")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
+        raise CvaeError(f"{path}: not a cvae model: {first_line(exc)}") from None
     if not isinstance(model, CVAE):
-        raise TypeError(f"{path} holds a {type(model).__name__}, not a cvae.CVAE")
+        raise CvaeError(f"{path}: not a cvae model: {path} holds a {type(model).__name__}, not a cvae.CVAE")
     return model

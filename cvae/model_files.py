@@ -1,37 +1,14 @@
-"""Loading the pipeline's .keras files with errors that say what is wrong with the file
-(Keras itself calls a foreign file "not found", or fails deep inside deserialisation)."""
+"""Checks on the pipeline's .keras files that name what is wrong with a file before Keras
+loads it (Keras itself calls a foreign file "not found", or fails deep inside deserialisation).
+Imports nothing of the package, so that the model and the classifier each load without the other."""
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
 from cvae.errors import CvaeError
-
-
-def load_model(path: str | Path):
-    """The CVAE at `path`, or a CvaeError that says why the file is not one."""
-    from cvae.classifier import AttributeClassifier  # noqa: F401 (registered, so a classifier reads as one)
-    from cvae.model import load_cvae
-
-    require_keras_file(path, "model")
-    try:
-        return load_cvae(path)
-    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
-        raise CvaeError(f"{path}: not a cvae model: {first_line(exc)}") from None
-
-
-def load_attribute_classifier(path: str | Path):
-    """The attribute classifier at `path`, or a CvaeError that says why the file is not one."""
-    from cvae.classifier import load_classifier
-
-    require_keras_file(path, "classifier")
-    try:
-        return load_classifier(path)
-    except CvaeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (as in load_model)
-        raise CvaeError(f"{path}: not a cvae attribute classifier: {first_line(exc)}") from None
 
 
 def require_keras_file(path: str | Path, what: str) -> None:
@@ -40,6 +17,16 @@ def require_keras_file(path: str | Path, what: str) -> None:
         raise CvaeError(f"{path}: {what} file not found")
     if not zipfile.is_zipfile(path):  # a .keras file is a zip; Keras would call anything else "not found"
         raise CvaeError(f"{path}: not a .keras {what} file (not a zip archive)")
+
+
+def saved_class_name(path: str | Path) -> str | None:
+    """The class name that a .keras archive's config.json records, or None where it records none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None  # Keras's own loader then says what is wrong
+    return config.get("class_name") if isinstance(config, dict) else None
 
 
 def first_line(exc: Exception) -> str:

@@ -92,11 +92,12 @@ def gated_numbers(decision: dict) -> dict[str, float]:
 def _score_production(params: Params, prepared_dir, current: registry.Version,
                       classifier_path: Path) -> tuple[dict | None, str | None]:
     from cvae.evaluate import score
-    from cvae.model_files import load_attribute_classifier, load_model
+    from cvae.classifier import load_classifier
+    from cvae.model import load_cvae
 
     try:
-        model = load_model(current.model)
-        classifier = load_attribute_classifier(classifier_path)
+        model = load_cvae(current.model)
+        classifier = load_classifier(classifier_path)
         _check_image_size(model, prepared_dir)
         return score(params, prepared_dir, model, classifier), None
     except CvaeError as error:

@@ -3,6 +3,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from cvae.errors import CvaeError
 from cvae.model import CVAE, build_cvae, load_cvae
 
 
@@ -160,7 +161,7 @@ def test_the_edge_term_enters_the_training_objective():
 def test_loading_something_else_is_refused(tmp_path):
     other = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     other.save(tmp_path / "other.keras")
-    with pytest.raises(TypeError, match="not a cvae.CVAE"):
+    with pytest.raises(CvaeError, match="other.keras: not a cvae model: .* holds a Sequential, not a cvae.CVAE"):
         load_cvae(tmp_path / "other.keras")
 
 
