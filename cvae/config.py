@@ -72,6 +72,7 @@ class TrainParams(_Section):
     critic_fake_weight: float = Field(0.5, ge=0.0)
     # attributes the steer term covers; empty: every attribute
     steer_attributes: list[str] = []
+    adversary_weight: float = Field(0.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_min_fraction: float = Field(0.02, ge=0.0, le=1.0)
     early_stopping_patience: int = Field(3, ge=0)

@@ -16,7 +16,7 @@ from keras import layers, ops
 
 from cvae.errors import CvaeError
 from cvae.model_files import first_line, require_keras_file, saved_class_name
-from cvae.networks import PACKAGE, build_critic, build_decoder, build_encoder
+from cvae.networks import PACKAGE, build_adversary, build_critic, build_decoder, build_encoder
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -49,7 +49,8 @@ class CVAE(keras.Model):
                  decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
                  attribute_table_rows: int = 0, kl_warmup_steps: int = 0, xcov_weight: float = 0.0,
                  edge_weight: float = 0.0, critic: keras.Model | None = None, steer_weight: float = 0.0,
-                 steer_mask: list[float] | None = None, critic_fake_weight: float = 0.0, **kwargs):
+                 steer_mask: list[float] | None = None, critic_fake_weight: float = 0.0,
+                 adversary: keras.Model | None = None, adversary_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
@@ -62,6 +63,10 @@ class CVAE(keras.Model):
         # weight of the critic's lesson on decoded faces: what they were asked to show, it
         # learns to call absent (0: the critic learns from real faces alone)
         self.critic_fake_weight = critic_fake_weight
+        # optional: a small network that reads the attributes from the latent means (trained
+        # on them), and the weight of the encoder's term for leaving it nothing to read
+        self.adversary = adversary
+        self.adversary_weight = adversary_weight
         # The model travels without its dataset: it carries the attribute names and a sample
         # of training attribute rows, from which `cvae generate` draws the attributes a user
         # did not set (joint prevalence, so no bald face with blond hair).
@@ -85,13 +90,15 @@ class CVAE(keras.Model):
         self.edge_tracker = keras.metrics.Mean(name="edges")  # the edge term, in nats per image
         self.steer_tracker = keras.metrics.Mean(name="steer")  # cross-entropy of edited decodes
         self.critic_tracker = keras.metrics.Mean(name="critic")  # cross-entropy on real images
+        self.adversary_tracker = keras.metrics.Mean(name="adversary")  # its cross-entropy on z
         self.built = True  # the encoder and decoder are functional models, built already
 
     @property
     def metrics(self):
         trackers = [self.loss_tracker, self.neg_elbo_tracker, self.mse_tracker, self.kl_tracker, self.xcov_tracker,
                     self.edge_tracker]
-        return trackers + ([self.steer_tracker, self.critic_tracker] if self.critic is not None else [])
+        trackers += [self.steer_tracker, self.critic_tracker] if self.critic is not None else []
+        return trackers + ([self.adversary_tracker] if self.adversary is not None else [])
 
     @property
     def seed_generators(self) -> list[keras.random.SeedGenerator]:
@@ -138,8 +145,13 @@ class CVAE(keras.Model):
         progress = ops.cast(self.optimizer.iterations, "float32") / self.kl_warmup_steps
         return self.beta * ops.minimum(progress, 1.0)
 
+    @property
+    def helpers(self) -> list[keras.Model]:
+        """The networks trained on their own objectives beside the encoder and decoder."""
+        return [network for network in (self.critic, self.adversary) if network is not None]
+
     def _update(self, images, condition, training):
-        """Update the trackers; return the model's objective and the critic's loss (batch means)."""
+        """Update the trackers; return the model's objective and the helpers' (batch means)."""
         condition = ops.cast(condition, "float32")
         nll, kl, mse, z_mean, z, edges = self._terms(images, condition, training)
         xcov = cross_correlation(z_mean, condition)
@@ -162,6 +174,12 @@ class CVAE(keras.Model):
             critic_loss = ops.mean(critic_real) + self.critic_fake_weight * ops.mean(critic_fake)
             self.steer_tracker.update_state(steer)
             self.critic_tracker.update_state(critic_real)
+        if self.adversary is not None:
+            read, unreadable = self._adversary_terms(z_mean, condition, training)
+            per_image_loss = per_image_loss + self.adversary_weight * unreadable
+            loss = loss + self.adversary_weight * ops.mean(unreadable)
+            critic_loss = critic_loss + ops.mean(read)
+            self.adversary_tracker.update_state(read)
         self.loss_tracker.update_state(per_image_loss)
         self.neg_elbo_tracker.update_state(nll + kl)
         self.mse_tracker.update_state(mse)
@@ -206,9 +224,27 @@ class CVAE(keras.Model):
         absent = ops.binary_crossentropy(ops.zeros_like(logits), logits, from_logits=True)
         return steer, critic_real, ops.sum(absent * asked, axis=-1)
 
+    def _adversary_terms(self, z_mean, condition, training):
+        """Per image: the adversary's cross-entropy on the true attributes (its lesson) and
+        on the batch's share of each attribute (the encoder's term: lowest where the
+        adversary reads from z no more than the share it would guess without z).
+
+        A latent adversary (Lample et al. 2017, Fader networks): where z holds the
+        attributes, the decoder learns them from z and ignores c, so an encoded face keeps
+        its smile whatever c says. XCov removes only linear traces; this any trace the
+        adversary can read. The share rather than Fader networks' flipped labels: a
+        bounded target that asks for no information, where flipped labels (or even odds)
+        ask z to code c in reverse (or to hide even how common an attribute is)."""
+        labels = (condition + 1.0) / 2.0
+        logits = ops.cast(self.adversary(z_mean, training=training), "float32")
+        read = ops.binary_crossentropy(labels, logits, from_logits=True)
+        share = ops.broadcast_to(ops.mean(labels, axis=0, keepdims=True), ops.shape(labels))
+        unreadable = ops.binary_crossentropy(share, logits, from_logits=True)
+        return ops.sum(read, axis=-1), ops.sum(unreadable, axis=-1)
+
     def train_step(self, data):
         images, condition = data
-        with tf.GradientTape(persistent=self.critic is not None) as tape:
+        with tf.GradientTape(persistent=bool(self.helpers)) as tape:
             loss, critic_loss = self._update(images, condition, training=True)
             # Each replica sees its share of the batch and the optimizer sums the replicas'
             # gradients, so each contributes its mean / replicas. scale_loss multiplies by
@@ -217,20 +253,21 @@ class CVAE(keras.Model):
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled_loss = self.optimizer.scale_loss(loss / replicas)
             scaled_critic_loss = self.optimizer.scale_loss(critic_loss / replicas)
-        if self.critic is None:
+        if not self.helpers:
             gradients = tape.gradient(scaled_loss, self.trainable_weights)
             self.optimizer.apply(gradients, self.trainable_weights)
         else:
             # two objectives: the critic learns the attributes from real faces only (were it
             # to learn to see them in decoded ones too, it and the decoder could agree on a
             # code no one else sees); from decoded faces it learns only that they do not count.
-            # Each objective is differentiated for its own weights alone: the critic's reads
-            # the decoded faces, and must not reach the decoder through them
+            # The adversary learns to read c from z, which the encoder's term works against.
+            # Each objective is differentiated for its own weights alone: the helpers' read
+            # the decoded faces and z, and must not reach the decoder or encoder through them
             generator = self.encoder.trainable_weights + self.decoder.trainable_weights
-            critic = self.critic.trainable_weights
-            gradients = tape.gradient(scaled_loss, generator) + tape.gradient(scaled_critic_loss, critic)
+            helpers = [weight for network in self.helpers for weight in network.trainable_weights]
+            gradients = tape.gradient(scaled_loss, generator) + tape.gradient(scaled_critic_loss, helpers)
             del tape
-            self.optimizer.apply(gradients, generator + critic)
+            self.optimizer.apply(gradients, generator + helpers)
         return {metric.name: metric.result() for metric in self.metrics}
 
     def make_train_function(self, force=False):
@@ -289,6 +326,8 @@ class CVAE(keras.Model):
             "steer_weight": self.steer_weight,
             "steer_mask": self.steer_mask,
             "critic_fake_weight": self.critic_fake_weight,
+            "adversary": None if self.adversary is None else keras.saving.serialize_keras_object(self.adversary),
+            "adversary_weight": self.adversary_weight,
         }
 
     @classmethod
@@ -296,8 +335,9 @@ class CVAE(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
-        if config.get("critic") is not None:
-            config["critic"] = keras.saving.deserialize_keras_object(config["critic"])
+        for helper in ("critic", "adversary"):
+            if config.get(helper) is not None:
+                config[helper] = keras.saving.deserialize_keras_object(config[helper])
         return cls(**config)
 
 
@@ -350,10 +390,12 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
                attribute_names: list[str] | None = None, attribute_rows=None,
                kl_warmup_steps: int = 0, xcov_weight: float = 0.0, edge_weight: float = 0.0,
                steer_weight: float = 0.0, steer_mask: list[float] | None = None,
-               critic_fake_weight: float = 0.0, upsampling: str = "transposed") -> CVAE:
+               critic_fake_weight: float = 0.0, upsampling: str = "transposed",
+               adversary_weight: float = 0.0) -> CVAE:
     """`attribute_rows`: training attribute rows (-1/+1) to keep with the model. A
-    positive `steer_weight` adds the critic and its steer term. `upsampling`: the
-    decoder's (cvae.networks.build_decoder)."""
+    positive `steer_weight` adds the critic and its steer term, a positive
+    `adversary_weight` the latent adversary and its term. `upsampling`: the decoder's
+    (cvae.networks.build_decoder)."""
     rows = 0 if attribute_rows is None else len(attribute_rows)
     model = CVAE(
         build_encoder(image_size, n_attributes, filters, latent_dim),
@@ -370,6 +412,8 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
         steer_weight=steer_weight,
         steer_mask=steer_mask,
         critic_fake_weight=critic_fake_weight,
+        adversary=build_adversary(latent_dim, n_attributes) if adversary_weight > 0 else None,
+        adversary_weight=adversary_weight,
     )
     if rows:
         model.attribute_table.assign(ops.convert_to_tensor(attribute_rows, "float32"))

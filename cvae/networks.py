@@ -247,3 +247,16 @@ def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> kera
     x = layers.Flatten()(x)
     logits = layers.Dense(n_attributes, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="critic")
+
+
+def build_adversary(latent_dim: int, n_attributes: int, width: int = 256) -> keras.Model:
+    """Reads the attributes from a latent mean (one logit per attribute): the latent
+    adversary of `cvae.model.CVAE`. Two hidden layers, as in Fader networks, so that it
+    finds traces of c in z that no linear read would."""
+    z = keras.Input((latent_dim,), name="z_mean")
+    x = layers.Dense(width)(z)
+    x = layers.LeakyReLU(0.2)(x)
+    x = layers.Dense(width)(x)
+    x = layers.LeakyReLU(0.2)(x)
+    logits = layers.Dense(n_attributes, dtype="float32", name="logits")(x)
+    return keras.Model(z, logits, name="adversary")

@@ -122,6 +122,7 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
         critic_fake_weight=p.critic_fake_weight,
         upsampling=p.upsampling,
+        adversary_weight=p.adversary_weight,
     )
 
 
@@ -394,7 +395,7 @@ def architecture(model: CVAE) -> list:
     process). A checkpoint from another version of the code is then ignored rather than
     loaded into networks it does not fit, or, where the weight shapes happen to agree
     (a layer without weights added), into networks that compute something else."""
-    networks = [model.encoder, model.decoder] + ([model.critic] if model.critic is not None else [])
+    networks = [model.encoder, model.decoder, *model.helpers]
     return [[type(layer).__name__, {key: value for key, value in layer.get_config().items() if key != "name"}]
             for network in networks for layer in network.layers]
 
