@@ -3,33 +3,49 @@
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+# uv installs exactly what uv.lock (and dvc-requirements.txt) pin, so that two set-ups a
+# month apart train the same model; it is itself pinned, in a virtualenv of its own.
+UV_VERSION := 0.13.9
+UV_VENV := .venv-uv
+UV := $(CURDIR)/$(UV_VENV)/bin/uv
 # DVC gets a virtualenv of its own: its hydra dependency pins antlr4 4.9, while Dagster's
-# asset-selection parser needs 4.13 (see ../shared/DESIGN.md, known pitfalls).
+# asset-selection parser needs 4.13 (see docs/pipeline.md). Its pins are in
+# dvc-requirements.txt (`make lock` writes both lock files).
 DVC_VENV := .venv-dvc
 DVC_VERSION := 3.67.1
 DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
 # The GPU build of TensorFlow when an NVIDIA driver is present.
-comma := ,
-EXTRAS := dev$(if $(shell command -v nvidia-smi 2>/dev/null),$(comma)gpu,)
+EXTRAS := --extra dev$(if $(shell command -v nvidia-smi 2>/dev/null), --extra gpu,)
 # Stage commands in dvc.yaml call `cvae`: the project's bin comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DAGSTER_HOME := $(CURDIR)/.dagster
 PIP_FLAGS := --quiet --disable-pip-version-check
+UV_FLAGS := --quiet --python $(PYTHON)
 
-.PHONY: setup run test ui bench clean
+.PHONY: setup lock run test ui bench clean
 
+# .venv/bin/dvc links to DVC's own virtualenv: with .venv activated, `dvc repro` works
 setup: $(VENV)/.installed $(DVC_VENV)/.installed
+	ln -sfn ../../$(DVC_VENV)/bin/dvc $(VENV)/bin/dvc
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[$(EXTRAS)]"
+$(UV):
+	test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install $(PIP_FLAGS) "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync $(UV_FLAGS) --locked $(EXTRAS)
 	touch $@
 
-$(DVC_VENV)/.installed: Makefile
-	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
-	$(DVC_VENV)/bin/pip install $(PIP_FLAGS) "dvc==$(DVC_VERSION)"
+$(DVC_VENV)/.installed: dvc-requirements.txt | $(UV)
+	test -x $(DVC_VENV)/bin/python || $(UV) venv $(UV_FLAGS) $(DVC_VENV)
+	$(UV) pip sync --quiet --python $(DVC_VENV)/bin/python dvc-requirements.txt
 	touch $@
+
+# Re-pin after changing pyproject.toml's dependencies or DVC_VERSION.
+lock: $(UV)
+	$(UV) lock $(UV_FLAGS)
+	echo "dvc==$(DVC_VERSION)" | $(UV) pip compile $(UV_FLAGS) --universal --generate-hashes \
+		--custom-compile-command "make lock" - -o dvc-requirements.txt
 
 # The whole pipeline through DVC, so dvc.lock records every stage.
 run: setup
@@ -49,7 +65,7 @@ ui: setup
 	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
 
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e ".[$(EXTRAS),bench]"
+	$(UV) sync $(UV_FLAGS) --locked $(EXTRAS) --extra bench
 	touch $@
 
 # Speed and memory, measured side by side (benchmarks/): figures, not pass/fail.
@@ -58,4 +74,4 @@ bench: setup $(VENV)/.bench-installed
 	$(VENV)/bin/python benchmarks/training_throughput.py
 
 clean:
-	rm -rf $(VENV) $(DVC_VENV)
+	rm -rf $(VENV) $(DVC_VENV) $(UV_VENV)

@@ -1,0 +1,41 @@
+"""The environment is the locked one: `make setup` installs exactly what uv.lock and
+dvc-requirements.txt pin, so two set-ups a month apart train the same model."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_installed_package_the_lock_names_has_the_locked_version():
+    if Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve():
+        pytest.skip("checks the project's own .venv, which `make setup` installs")
+    locked = {}  # a universal lock may pin a package once per range of Python versions
+    for package in tomllib.loads((PROJECT / "uv.lock").read_text())["package"]:
+        locked.setdefault(_canonical(package["name"]), set()).add(package.get("version"))
+    installed = {_canonical(dist.metadata["Name"]): dist.version for dist in metadata.distributions()}
+    checked = {name: version for name, version in installed.items() if name in locked and name != "cvae"}
+    assert {"tensorflow", "keras", "dagster", "great-expectations"} <= checked.keys()
+    wrong = {name: (version, sorted(locked[name])) for name, version in checked.items()
+             if version not in locked[name]}
+    assert not wrong, f"installed (left) differs from uv.lock (right): {wrong}"
+
+
+def test_the_virtualenvs_dvc_is_the_pinned_version():
+    """With .venv active, `dvc` is DVC's own virtualenv's, at the version pinned."""
+    if Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve():
+        pytest.skip("checks the project's own .venv, which `make setup` installs")
+    pinned = re.search(r"^dvc==([\w.]+)", (PROJECT / "dvc-requirements.txt").read_text(), re.M).group(1)
+    dvc = PROJECT / ".venv" / "bin" / "dvc"
+    version = subprocess.run([dvc, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert version == pinned
