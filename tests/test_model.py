@@ -201,9 +201,10 @@ def _steered(weight: float, mask=None, seed: int = 0, critic_fake_weight: float 
 
 
 def _one_step(model: CVAE, images, condition) -> dict[str, list[np.ndarray]]:
+    """Each network's update in one SGD step."""
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     before = {part: [np.asarray(w).copy() for w in getattr(model, part).weights]
-              for part in ("encoder", "decoder", "critic")}
+              for part in ("encoder", "decoder", "critic", "adversary") if getattr(model, part) is not None}
     model.fit(images, condition, batch_size=len(images), epochs=1, verbose=0, shuffle=False)
     return {part: [np.asarray(w) - b for w, b in zip(getattr(model, part).weights, weights)]
             for part, weights in before.items()}
@@ -243,17 +244,22 @@ def test_the_objectives_are_the_batch_means_of_what_the_trackers_report():
     assert float(critic_loss) == pytest.approx(seen["real"].mean() + 2.0 * seen["fake"].mean(), rel=1e-5)
 
 
+def _assert_the_term_moves_only(without: dict, with_term: dict, moved: str, kept: tuple[str, ...], helper: str):
+    """A term (the difference of the two one-step updates) reaches `moved` and none of
+    `kept`, while `helper` learns (from its own objective)."""
+    assert max(np.abs(a - b).max() for a, b in zip(without[moved], with_term[moved])) > 1e-6
+    for part in kept:
+        for a, b in zip(without[part], with_term[part]):
+            np.testing.assert_allclose(a, b, atol=1e-7)
+    assert max(np.abs(update).max() for update in with_term[helper]) > 0
+
+
 def test_the_decoder_learns_from_the_steer_term_and_the_critic_only_from_real_faces():
     images, condition = batch(32)
     unsteered = _one_step(_steered(0.0), images, condition)
     steered = _one_step(_steered(1000.0), images, condition)
-    # the steer term moves the decoder...
-    assert max(np.abs(a - b).max() for a, b in zip(unsteered["decoder"], steered["decoder"])) > 1e-6
-    # ...but not the encoder (z is held fixed) and not the critic (it could learn the decoder's code)
-    for part in ("encoder", "critic"):
-        for a, b in zip(unsteered[part], steered[part]):
-            np.testing.assert_allclose(a, b, atol=1e-7)
-    assert max(np.abs(update).max() for update in steered["critic"]) > 0  # the critic does learn
+    # not the encoder (z is held fixed) and not the critic (it could learn the decoder's code)
+    _assert_the_term_moves_only(unsteered, steered, "decoder", ("encoder", "critic"), helper="critic")
 
 
 def test_the_critic_learns_that_decoded_faces_lack_what_they_were_asked_to_show():
@@ -362,14 +368,6 @@ def _adversarial(weight: float, seed: int = 0) -> CVAE:
                 seed=0, adversary=build_adversary(4, 3, width=16), adversary_weight=weight)
 
 
-def _one_step_of(model: CVAE, images, condition, parts=("encoder", "decoder", "adversary")) -> dict:
-    model.compile(optimizer=keras.optimizers.SGD(0.1))
-    before = {part: [np.asarray(w).copy() for w in getattr(model, part).weights] for part in parts}
-    model.fit(images, condition, batch_size=len(images), epochs=1, verbose=0, shuffle=False)
-    return {part: [np.asarray(w) - b for w, b in zip(getattr(model, part).weights, weights)]
-            for part, weights in before.items()}
-
-
 def test_the_adversarys_term_is_least_when_it_reads_from_z_only_the_batchs_share():
     _, condition = batch(8)
     model = _adversarial(1.0)
@@ -405,15 +403,10 @@ def test_the_adversarys_term_enters_the_objective_and_its_lesson_the_helpers_los
 
 def test_the_encoder_learns_from_the_adversarys_term_and_the_adversary_only_from_its_lesson():
     images, condition = batch(32)
-    off = _one_step_of(_adversarial(0.0), images, condition)
-    on = _one_step_of(_adversarial(1000.0), images, condition)
-    # the term moves the encoder...
-    assert max(np.abs(a - b).max() for a, b in zip(off["encoder"], on["encoder"])) > 1e-6
-    # ...but not the decoder (it reads z, not the adversary) and not the adversary (it would learn to read nothing)
-    for part in ("decoder", "adversary"):
-        for a, b in zip(off[part], on[part]):
-            np.testing.assert_allclose(a, b, atol=1e-7)
-    assert max(np.abs(update).max() for update in on["adversary"]) > 0  # the adversary does learn
+    off = _one_step(_adversarial(0.0), images, condition)
+    on = _one_step(_adversarial(1000.0), images, condition)
+    # not the decoder (it reads z, not the adversary) and not the adversary (it would learn to read nothing)
+    _assert_the_term_moves_only(off, on, "encoder", ("decoder", "adversary"), helper="adversary")
 
 
 def test_a_model_with_a_latent_adversary_round_trips_with_it(tmp_path):
