@@ -2,8 +2,9 @@
 
 Each asset runs its stage through DVC (so dvc.lock records the run) and reports what the
 stage produced: the dvc.lock hashes as data version and metadata, plus what people look
-at (counts, metrics, figures). Stages absent from STAGE_ASSETS fail the import, so the
-two graphs cannot drift apart silently.
+at (counts, metrics, figures). Descriptions and paths come from dvc.yaml (a stage's
+`desc`, and the paths its `cmd` passes); stages absent from STAGE_ASSETS fail the import,
+so the two graphs cannot drift apart silently.
 """
 
 
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.errors import DagsterPipesExecutionError  # not re-exported by dagster
 
 from cvae.config import load_params
 from cvae.gate import flatten
@@ -24,6 +24,7 @@ from cvae.gate import flatten
 from orchestration.dvc_pipeline import (
     PROJECT_ROOT,
     DvcProject,
+    Stage,
     data_version,
     read_stages,
     recorded_outputs,
@@ -37,55 +38,15 @@ FORCED_STAGE = "train"  # retrain.force reruns this stage, and so everything dow
 OWNERS = ["team:ml"]  # shown in the UI; Dagster accepts "team:<name>" or an email address
 
 
-@dataclass(frozen=True)
-class StageAsset:
-    name: str
-    group: str
-    description: str
-
-
-STAGE_ASSETS = {
-    "check_source": StageAsset("source_fingerprint", "data", "A fingerprint of `data.source` (data/source.json): a "
-                               "folder's content hash, a URL's ETag or Last-Modified, the official CelebA MD5s. It is "
-                               "re-checked on every run; when it is unchanged, DVC skips download and everything "
-                               "after it."),
-    "download": StageAsset("raw_images", "data", "The raw dataset in CelebA layout (data/raw): images, "
-                           "list_attr_celeba.txt and list_eval_partition.txt, from `data.source`."),
-    "validate": StageAsset("validation_report", "data", "Great Expectations report on the attribute table, "
-                           "partition file and images (reports/validation); its blocking check keeps bad data "
-                           "from `prepare` and `train`, its warning check flags shifted deliveries."),
-    "prepare": StageAsset("prepared_images", "data", "Centre-cropped, resized uint8 images and attributes per "
-                          "split (data/prepared)."),
-    "train": StageAsset("cvae_model", "model", "The trained conditional VAE (models/cvae.keras) and its "
-                        "per-epoch history (reports/train)."),
-    "train_classifier": StageAsset("attribute_classifier", "model", "The attribute classifier that judges "
-                                   "generated and edited faces (models/classifier.keras), with its held-out "
-                                   "accuracy per attribute (reports/classifier.json)."),
-    "evaluate": StageAsset("evaluation_metrics", "model", "Held-out ELBO (nats per image, bits per dim), "
-                           "reconstruction MSE against the mean-image baseline, attribute fidelity of "
-                           "generated faces, the classifier's agreement on reconstructions (the ceiling of "
-                           "fidelity), edit success, and the quality of sampled faces: their grid-artifact rate "
-                           "and their Fréchet distance to held-out faces in the judge's features "
-                           "(reports/metrics.json)."),
-    "promote": StageAsset("production_model", "model", "The model registry (models/registry: every trained model "
-                          "with its metrics and provenance) and the production model (models/production), switched "
-                          "only when the quality gate of `retrain.gate` passes against the model in use, both scored "
-                          "on the same held-out faces (reports/promotion.json)."),
-    "visualize": StageAsset("figures", "model", "Reconstructions, random and conditional samples, a sweep of "
-                            "two attributes, edits of held-out faces, interpolation, the PCA and t-SNE latent maps "
-                            "and the training curves (reports/figures); each PNG records its provenance (`cvae "
-                            "provenance FILE`)."),
-}
-
-
 def _png_markdown(path: Path, caption: str) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode()
     return f"**{caption}**\n\n![{path.name}](data:image/png;base64,{encoded})"
 
 
-def _validation_metadata(root: Path) -> dict:
-    summary = json.loads((root / "reports/validation/summary.json").read_text())
-    page = root / "reports/validation/summary.md"
+def _validation_metadata(root: Path, stage: Stage) -> dict:
+    report = root / stage.path("--report")
+    summary = json.loads((report / "summary.json").read_text())
+    page = report / "summary.md"
     return {
         "rows": summary["rows"],
         "image_files": summary["image_files"],
@@ -98,8 +59,8 @@ def _validation_metadata(root: Path) -> dict:
     }
 
 
-def _prepared_metadata(root: Path) -> dict:
-    meta = json.loads((root / "data/prepared/meta.json").read_text())
+def _prepared_metadata(root: Path, stage: Stage) -> dict:
+    meta = json.loads((root / stage.path("--out") / "meta.json").read_text())
     return {
         **{f"{split}_images": count for split, count in meta["splits"].items()},
         "image_size": meta["image_size"],
@@ -107,35 +68,35 @@ def _prepared_metadata(root: Path) -> dict:
     }
 
 
-def _model_metadata(root: Path) -> dict:
-    with (root / "reports/train/history.csv").open() as handle:
+def _model_metadata(root: Path, stage: Stage) -> dict:
+    with (root / stage.path("--history") / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     last = rows[-1]
     return {
         "epochs": len(rows),
         **{f"final_{name}": dg.MetadataValue.float(float(value)) for name, value in last.items() if name != "epoch"},
-        "model_path": dg.MetadataValue.path(str(root / "models/cvae.keras")),
+        "model_path": dg.MetadataValue.path(str(root / stage.path("--model"))),
     }
 
 
-def _classifier_metadata(root: Path) -> dict:
-    report = json.loads((root / "reports/classifier.json").read_text())
+def _classifier_metadata(root: Path, stage: Stage) -> dict:
+    report = json.loads((root / stage.path("--report")).read_text())
     return {
         **{name: dg.MetadataValue.float(value) for name, value in flatten(report).items()},
-        "classifier_path": dg.MetadataValue.path(str(root / "models/classifier.keras")),
+        "classifier_path": dg.MetadataValue.path(str(root / stage.path("--model"))),
     }
 
 
-def _metrics_metadata(root: Path) -> dict:
+def _metrics_metadata(root: Path, stage: Stage) -> dict:
     # numeric metadata, one entry per metric, so the UI plots each across materialisations
-    metrics = json.loads((root / "reports/metrics.json").read_text())
+    metrics = json.loads((root / stage.path("--metrics")).read_text())
     return {name: dg.MetadataValue.float(value) for name, value in flatten(metrics).items()}
 
 
-def _promotion_metadata(root: Path) -> dict:
+def _promotion_metadata(root: Path, stage: Stage) -> dict:
     from cvae.promote import gated_numbers
 
-    decision = json.loads((root / "reports/promotion.json").read_text())
+    decision = json.loads((root / stage.path("--decision")).read_text())
     before = decision["production_before"]
     return {
         "decision": decision["decision"],
@@ -145,15 +106,15 @@ def _promotion_metadata(root: Path) -> dict:
         "previous_production_version": before["version"] if before else "none",
         "gate": dg.MetadataValue.json(decision["gate"]),
         **{name: dg.MetadataValue.float(value) for name, value in gated_numbers(decision).items()},
-        "decision_path": dg.MetadataValue.path(str(root / "reports/promotion.json")),
-        "production_path": dg.MetadataValue.path(str(root / "models/production")),
+        "decision_path": dg.MetadataValue.path(str(root / stage.path("--decision"))),
+        "production_path": dg.MetadataValue.path(str(root / stage.path("--production"))),
     }
 
 
-def _figures_metadata(root: Path) -> dict:
+def _figures_metadata(root: Path, stage: Stage) -> dict:
     from cvae.figures import CAPTIONS
 
-    folder = root / "reports/figures"
+    folder = root / stage.path("--figures")
     metadata = {}
     for name, caption in CAPTIONS.items():
         stem = Path(name).stem
@@ -162,28 +123,15 @@ def _figures_metadata(root: Path) -> dict:
     return metadata
 
 
-def _source_metadata(root: Path) -> dict:
-    record = json.loads((root / "data/source.json").read_text())
+def _source_metadata(root: Path, stage: Stage) -> dict:
+    record = json.loads((root / stage.path("--out")).read_text())
     return {"fingerprint": dg.MetadataValue.json(record), "source_kind": record["kind"]}
 
 
-def _raw_metadata(root: Path) -> dict:
+def _raw_metadata(root: Path, stage: Stage) -> dict:
     from cvae.celeba import IMAGE_DIR
 
-    return {"images": sum(1 for _ in (root / "data/raw" / IMAGE_DIR).iterdir())}
-
-
-DESCRIBE: dict[str, Callable[[Path], dict]] = {
-    "check_source": _source_metadata,
-    "download": _raw_metadata,
-    "validate": _validation_metadata,
-    "prepare": _prepared_metadata,
-    "train": _model_metadata,
-    "train_classifier": _classifier_metadata,
-    "evaluate": _metrics_metadata,
-    "promote": _promotion_metadata,
-    "visualize": _figures_metadata,
-}
+    return {"images": sum(1 for _ in (root / stage.path("--out") / IMAGE_DIR).iterdir())}
 
 
 def _run_metadata(changes: list[str], forced: bool) -> dict:
@@ -202,52 +150,49 @@ def _lock_metadata(root: Path, stage: str) -> tuple[dict, dg.DataVersion]:
     return {"dvc_stage": stage, "dvc_lock_md5": dg.MetadataValue.json(hashes)}, data_version(hashes)
 
 
-def _source_result(context: dg.AssetExecutionContext, dvc: DvcProject,
+def _source_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProject,
                    pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Re-check the source (DVC runs this stage every time) and say whether it changed."""
-    fingerprint = dvc.root / "data/source.json"
+    fingerprint = dvc.root / stage.path("--out")
     before = fingerprint.read_bytes() if fingerprint.exists() else None
-    dvc.repro(context, pipes, "check_source")
+    dvc.repro(context, pipes, stage.name)
     changed = fingerprint.read_bytes() != before
     summary = ("changed: download and the stages after it run again" if changed else
                "unchanged: nothing to retrain (DVC's cache skips download and every stage after it)")
-    context.log.info(f"check_source: the data source is {summary}")
-    lock_metadata, version = _lock_metadata(dvc.root, "check_source")
+    context.log.info(f"{stage.name}: the data source is {summary}")
+    lock_metadata, version = _lock_metadata(dvc.root, stage.name)
     return dg.MaterializeResult(
-        metadata={**_source_metadata(dvc.root), "source_changed": changed, "dvc_run": f"re-checked: {summary}",
-                  "dvc_reran": True, **lock_metadata},
+        metadata={**_source_metadata(dvc.root, stage), "source_changed": changed,
+                  "dvc_run": f"re-checked: {summary}", "dvc_reran": True, **lock_metadata},
         data_version=version,
     )
 
 
-def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
+def _validation_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProject,
                        pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """Run `validate`; a data failure is a failed blocking check, not a crashed asset, so the
     UI shows which expectations failed while `prepare` and `train` are held back."""
-    changes = dvc.pending_changes("validate")
+    changes = dvc.pending_changes(stage.name)
     run_metadata = _run_metadata(changes, forced=False)
-    context.log.info(f"validate: {run_metadata['dvc_run']}")
+    context.log.info(f"{stage.name}: {run_metadata['dvc_run']}")
     started = time.time()
-    try:
-        dvc.repro(context, pipes, "validate")
-        stage_failed = False
-    except DagsterPipesExecutionError:
-        stage_failed = True
-    report = dvc.root / "reports/validation/summary.json"
+    stage_failed = not dvc.repro(context, pipes, stage.name, check=False)
+    folder = dvc.root / stage.path("--report")
+    report = folder / "summary.json"
     # a stage DVC skipped keeps the report dvc.lock records; one that ran must have written anew
     if not report.exists() or (changes and report.stat().st_mtime < started):
-        raise dg.Failure("the validate stage failed before writing a report; see the step's logs")
+        raise dg.Failure(f"the {stage.name} stage failed before writing a report; see the step's logs")
     summary = json.loads(report.read_text())
     if stage_failed and summary["success"]:
-        raise dg.Failure("the validate stage failed although the data passed; see the step's logs")
-    lock_metadata, version = _lock_metadata(dvc.root, "validate")
-    report = dg.MetadataValue.path(str(dvc.root / "reports/validation/summary.md"))
+        raise dg.Failure(f"the {stage.name} stage failed although the data passed; see the step's logs")
+    lock_metadata, version = _lock_metadata(dvc.root, stage.name)
+    page = dg.MetadataValue.path(str(folder / "summary.md"))
     checks = [
         dg.AssetCheckResult(
             check_name=VALIDATION_CHECK,
             passed=bool(summary["success"]),
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"failed_expectations": dg.MetadataValue.json(summary["failed"]), "report": report},
+            metadata={"failed_expectations": dg.MetadataValue.json(summary["failed"]), "report": page},
         ),
         dg.AssetCheckResult(
             check_name=WARNINGS_CHECK,
@@ -256,35 +201,54 @@ def _validation_result(context: dg.AssetExecutionContext, dvc: DvcProject,
             metadata={
                 "warnings": dg.MetadataValue.json(summary["warnings"]),
                 "attribute_shares": dg.MetadataValue.json(summary["shares"]),
-                "report": report,
+                "report": page,
             },
         ),
     ]
     return dg.MaterializeResult(
-        metadata={**_validation_metadata(dvc.root), **run_metadata, **lock_metadata},
+        metadata={**_validation_metadata(dvc.root, stage), **run_metadata, **lock_metadata},
         data_version=version if not stage_failed else None,
         check_results=checks,
     )
 
 
-def _stage_result(stage: str, context: dg.AssetExecutionContext, dvc: DvcProject,
-                  pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+def _stage_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProject,
+                  pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """One stage's asset body, run while this step holds the DVC workspace."""
-    if stage == "validate":
-        return _validation_result(context, dvc, pipes_subprocess_client)
-    if stage == "check_source":
-        return _source_result(context, dvc, pipes_subprocess_client)
-    force = stage == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
-    run_metadata = _run_metadata(dvc.pending_changes(stage), force)
-    context.log.info(f"{stage}: {run_metadata['dvc_run']}")
-    dvc.repro(context, pipes_subprocess_client, stage, force=force)
-    lock_metadata, version = _lock_metadata(dvc.root, stage)
-    return dg.MaterializeResult(metadata={**DESCRIBE[stage](dvc.root), **run_metadata, **lock_metadata},
-                                data_version=version)
+    force = stage.name == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
+    run_metadata = _run_metadata(dvc.pending_changes(stage.name), force)
+    context.log.info(f"{stage.name}: {run_metadata['dvc_run']}")
+    dvc.repro(context, pipes, stage.name, force=force)
+    lock_metadata, version = _lock_metadata(dvc.root, stage.name)
+    return dg.MaterializeResult(
+        metadata={**STAGE_ASSETS[stage.name].describe(dvc.root, stage), **run_metadata, **lock_metadata},
+        data_version=version,
+    )
 
 
-def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
-    spec = STAGE_ASSETS[stage]
+@dataclass(frozen=True)
+class StageAsset:
+    name: str
+    group: str
+    describe: Callable[[Path, Stage], dict]  # what people look at, read from the stage's outputs
+    run: Callable[..., dg.MaterializeResult] = _stage_result  # the asset's body
+
+
+STAGE_ASSETS = {
+    "check_source": StageAsset("source_fingerprint", "data", _source_metadata, _source_result),
+    "download": StageAsset("raw_images", "data", _raw_metadata),
+    "validate": StageAsset("validation_report", "data", _validation_metadata, _validation_result),
+    "prepare": StageAsset("prepared_images", "data", _prepared_metadata),
+    "train": StageAsset("cvae_model", "model", _model_metadata),
+    "train_classifier": StageAsset("attribute_classifier", "model", _classifier_metadata),
+    "evaluate": StageAsset("evaluation_metrics", "model", _metrics_metadata),
+    "promote": StageAsset("production_model", "model", _promotion_metadata),
+    "visualize": StageAsset("figures", "model", _figures_metadata),
+}
+
+
+def _stage_asset(stage: Stage, upstream: set[str]) -> dg.AssetsDefinition:
+    spec = STAGE_ASSETS[stage.name]
     check_specs = (
         [
             dg.AssetCheckSpec(VALIDATION_CHECK, asset=spec.name, blocking=True,
@@ -295,24 +259,24 @@ def _stage_asset(stage: str, upstream: set[str]) -> dg.AssetsDefinition:
                                           "validate.prevalence (with prevalence_action: warn), and no image "
                                           "file without an attribute row."),
         ]
-        if stage == "validate" else []
+        if stage.name == "validate" else []
     )
 
     @dg.asset(
         name=spec.name,
         deps=sorted(STAGE_ASSETS[name].name for name in upstream),
         group_name=spec.group,
-        description=spec.description,
+        description=stage.description,
         owners=OWNERS,
         kinds={"dvc", "python"},
         pool=DVC_POOL,
         check_specs=check_specs,
-        metadata={"dvc_stage": stage},
+        metadata={"dvc_stage": stage.name},
     )
     def _asset(context: dg.AssetExecutionContext, dvc: DvcProject,
                pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         with dvc.turn(context):
-            return _stage_result(stage, context, dvc, pipes_subprocess_client)
+            return spec.run(stage, context, dvc, pipes_subprocess_client)
 
     return _asset
 
@@ -323,4 +287,4 @@ def build_stage_assets(dvc_yaml: Path = PROJECT_ROOT / "dvc.yaml") -> list[dg.As
     if unknown:
         raise ValueError(f"{dvc_yaml} and orchestration.assets.STAGE_ASSETS disagree on stages: {sorted(unknown)}")
     upstream = upstream_stages(stages)
-    return [_stage_asset(stage, upstream[stage]) for stage in stages]
+    return [_stage_asset(stage, upstream[name]) for name, stage in stages.items()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,8 +32,16 @@ WAITING = "waiting for another step's DVC run in"
 @dataclass(frozen=True)
 class Stage:
     name: str
+    description: str  # the stage's `desc`
+    command: tuple[str, ...]  # its `cmd`, split as a shell would
     deps: tuple[str, ...]
     outs: tuple[str, ...]  # outs, metrics and plots declared by the stage
+
+    def path(self, option: str) -> str:
+        """The path the stage's command passes with `option` ("--model" -> "models/cvae.keras")."""
+        if option not in self.command[:-1]:
+            raise ValueError(f"dvc.yaml: stage {self.name}'s cmd has no {option} option: {' '.join(self.command)}")
+        return self.command[self.command.index(option) + 1]
 
 
 def _paths(entries: list) -> tuple[str, ...]:
@@ -42,9 +51,14 @@ def _paths(entries: list) -> tuple[str, ...]:
 
 def read_stages(dvc_yaml: Path) -> dict[str, Stage]:
     spec = yaml.safe_load(dvc_yaml.read_text())
+    missing = [name for name, body in spec["stages"].items() if not body.get("desc")]
+    if missing:
+        raise ValueError(f"{dvc_yaml}: stages {missing} have no desc (it is their asset's description)")
     return {
         name: Stage(
             name=name,
+            description=body["desc"],
+            command=tuple(shlex.split(body["cmd"])),
             deps=_paths(body.get("deps")),
             outs=_paths(body.get("outs")) + _paths(body.get("metrics")) + _paths(body.get("plots")),
         )
@@ -142,12 +156,22 @@ class DvcProject(dg.ConfigurableResource):
         return describe_status(json.loads(result.stdout or "{}").get(stage, []))
 
     def repro(self, context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, stage: str,
-              force: bool = False) -> None:
-        """Run one stage (not its upstream: Dagster orders those) and let DVC record it."""
+              force: bool = False, check: bool = True) -> bool:
+        """Run one stage (not its upstream: Dagster orders those) and let DVC record it.
+
+        With check=False a failed stage returns False rather than failing the step, for a
+        caller that reports the failure itself (the validate asset's blocking check)."""
         command = [self.dvc_command(), "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []),
                    stage]
         context.log.info(f"{' '.join(command[1:])} in {self.root}")
-        pipes.run(context=context, command=command, cwd=str(self.root), env=self.stage_env())
+        try:
+            pipes.run(context=context, command=command, cwd=str(self.root), env=self.stage_env())
+        except Exception as error:  # Pipes' execution error, which dagster does not export
+            if check:
+                raise
+            context.log.warning(f"{stage} failed: {error}")
+            return False
+        return True
 
 
 def describe_status(entries: list) -> list[str]:

@@ -12,7 +12,7 @@ import yaml
 from cvae.celeba import ATTRIBUTE_FILE
 from orchestration.assets import OWNERS, STAGE_ASSETS, VALIDATION_CHECK, WARNINGS_CHECK, build_stage_assets
 from orchestration.definitions import defs
-from orchestration.dvc_pipeline import DvcProject
+from orchestration.dvc_pipeline import DvcProject, read_stages
 from orchestration.schedules import nightly_retrain
 from tests.conftest import BIN, DVC, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
@@ -66,10 +66,43 @@ def test_every_asset_has_an_owner():
 
 def test_a_stage_without_an_asset_fails_the_import(tmp_path):
     spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
-    spec["stages"]["export"] = {"cmd": "cvae export", "deps": ["models/cvae.keras"], "outs": ["export"]}
+    spec["stages"]["export"] = {"desc": "Exported models.", "cmd": "cvae export", "deps": ["models/cvae.keras"],
+                                "outs": ["export"]}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=r"disagree on stages: \['export'\]"):
         build_stage_assets(tmp_path / "dvc.yaml")
+
+
+def test_each_asset_is_described_by_its_stage_desc_in_dvc_yaml():
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    graph = defs.resolve_asset_graph()
+    descriptions = {key.to_user_string(): graph.get(key).description for key in graph.get_all_asset_keys()}
+    assert descriptions == {STAGE_ASSETS[name].name: body["desc"] for name, body in stages.items()}
+
+
+def test_a_stage_without_a_desc_fails_the_import(tmp_path):
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    del spec["stages"]["prepare"]["desc"]
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"stages \['prepare'\] have no desc"):
+        build_stage_assets(tmp_path / "dvc.yaml")
+
+
+def test_asset_metadata_reads_paths_from_the_stage_command(tmp_path):
+    stages = read_stages(PROJECT / "dvc.yaml")
+    assert stages["train"].path("--model") == "models/cvae.keras"
+    assert stages["promote"].path("--production") == "models/production"
+    with pytest.raises(ValueError, match=r"stage train's cmd has no --figures option"):
+        stages["train"].path("--figures")
+    # a path moved in dvc.yaml moves what the asset reads
+    spec = yaml.safe_load((PROJECT / "dvc.yaml").read_text())
+    spec["stages"]["evaluate"]["cmd"] = spec["stages"]["evaluate"]["cmd"].replace("reports/metrics.json",
+                                                                                  "elsewhere/scores.json")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/scores.json").write_text(json.dumps({"fidelity": {"mean": 0.5}}))
+    evaluate = read_stages(tmp_path / "dvc.yaml")["evaluate"]
+    assert STAGE_ASSETS["evaluate"].describe(tmp_path, evaluate)["fidelity/mean"].value == 0.5
 
 
 def test_the_nightly_schedule_requests_a_retraining_run():
