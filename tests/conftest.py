@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny params, a synthetic dataset, and DVC projects in temporary git repos."""
+"""Shared fixtures: tiny params, a synthetic dataset, prepared data, tiny models, and DVC
+projects in temporary git repos."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cvae.config import params_from_dict
+from cvae.config import Params, params_from_dict
 from cvae.synthetic import generate
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,38 @@ def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, num_images=48, seed=3, val_fraction=0.25, test_fraction=0.25, workers=1)
     return root
+
+
+def prepare_data(out: Path, params: Params, raw: Path, validate: bool = False,
+                 baseline: Path | None = None) -> dict:
+    """Prepares the raw images in `raw` into `out / "prepared"` and returns the prepared
+    data's meta. With `validate`, `out / "validation"` is a real validation report (about
+    10 s of Great Expectations; compared with, and written to, `baseline` if given);
+    without, a passing report stands in for it, for tests that need prepared data and not
+    its validation."""
+    from cvae.prepare import prepare
+    from cvae.validation import validate as run_validation
+    from cvae.validation_report import SUMMARY_FILE
+
+    if validate:
+        run_validation(params, raw, out / "validation", baseline)
+    else:
+        (out / "validation").mkdir()
+        (out / "validation" / SUMMARY_FILE).write_text(json.dumps({"success": True}))
+    return prepare(params, raw, out / "validation", out / "prepared")
+
+
+# The tiny model of the model-level tests: 16 px, three attributes, two conv blocks.
+TINY_CVAE = {"image_size": 16, "n_attributes": 3, "filters": [8, 16], "latent_dim": 4, "beta": 1.0,
+             "decoder_std": 0.1, "seed": 0}
+
+
+def tiny_cvae(**overrides):
+    """An untrained tiny CVAE: `cvae.model.build_cvae` with TINY_CVAE, and `overrides`
+    (any of its keyword arguments) applied."""
+    from cvae.model import build_cvae
+
+    return build_cvae(**{**TINY_CVAE, **overrides})
 
 
 def digest(root: Path) -> str:

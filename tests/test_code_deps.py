@@ -82,6 +82,7 @@ def reproduced(tmp_path_factory):
     return repo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edited, expected", [
     ("cvae/figures.py", {"visualize"}),
     ("cvae/model.py", {"train", "evaluate", "promote", "visualize"}),
@@ -99,6 +100,7 @@ def test_editing_code_reruns_the_stages_that_run_it_and_no_other(reproduced, edi
         dvc(reproduced, "repro")
 
 
+@pytest.mark.slow
 def test_the_registry_records_the_code_that_trained_its_model(reproduced):
     lock = yaml.safe_load((reproduced / "dvc.lock").read_text())["stages"]["train"]
     locked = {dep["path"]: dep["md5"] for dep in lock["deps"] if dep["path"].endswith(".py")}

@@ -22,7 +22,8 @@ def tensorflow_after_cvae(**overrides: str) -> str:
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     ({}, ["1", "True"]),  # unset: cvae turns them on (TensorFlow would not on an AVX2-only CPU)
-    ({"TF_ENABLE_ONEDNN_OPTS": "0"}, ["0", "False"]),  # the user's explicit choice
+    # the user's explicit choice: a second fresh TensorFlow process, about 10 s
+    pytest.param({"TF_ENABLE_ONEDNN_OPTS": "0"}, ["0", "False"], marks=pytest.mark.slow),
 ])
 def test_importing_cvae_turns_onednn_on_unless_the_user_said_otherwise(overrides, expected):
     assert tensorflow_after_cvae(**overrides) == expected

@@ -33,6 +33,7 @@ def check_evaluations(result):
     return {check.check_name: check for check in result.get_asset_check_evaluations()}
 
 
+@pytest.mark.slow
 def test_definitions_load_in_dagster_tooling(tmp_path, monkeypatch):
     # the same loader `dagster dev` and the webserver use, with an instance of its own
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
@@ -117,6 +118,7 @@ def test_the_nightly_schedule_requests_a_retraining_run():
     }
 
 
+@pytest.mark.slow
 def test_materializing_everything_leaves_dvc_clean(tmp_path):
     repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": WIDE}))
     result = dg.materialize(defs.assets, resources=resources(repo))
@@ -175,6 +177,7 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     assert "challenger/fidelity/mean" in gate and "production/fidelity/mean" in gate
 
 
+@pytest.mark.slow
 def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path, synthetic_root):
     delivery = tmp_path / "delivery"
     shutil.copytree(synthetic_root, delivery)
@@ -194,6 +197,7 @@ def test_bad_data_fails_the_blocking_check_and_nothing_downstream_runs(tmp_path,
     assert not (repo / "data/prepared").exists() and not (repo / "models/cvae.keras").exists()
 
 
+@pytest.mark.slow
 def test_a_prevalence_warning_fails_the_warning_check_and_downstream_still_runs(tmp_path):
     shifted = {**WIDE, "Male": [0.95, 1.0]}  # as if the nightly delivery had lost most men
     repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": shifted}))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from filelock import FileLock
 
@@ -91,6 +92,7 @@ def _materialise_twice_at_once(tmp_path, dagster_yaml: Path | None, assets: list
         return repo, [_intervals(instance, run_id) for run_id in run_ids]
 
 
+@pytest.mark.slow
 def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tmp_path):
     # the pools of `make ui`
     repo, runs = _materialise_twice_at_once(tmp_path, PROJECT / "orchestration/dagster.yaml", DATA_ASSETS)
@@ -107,6 +109,7 @@ def test_two_materialisations_at_once_take_turns_and_leave_consistent_outputs(tm
     assert {"download", "validate", "prepare"} <= set(lock)
 
 
+@pytest.mark.slow
 def test_without_a_pool_two_runs_still_take_turns_at_dvc(tmp_path):
     """An instance without the "dvc" pool limit (a DAGSTER_HOME made by hand) starts both runs'
     steps at once: DVC itself would fail the second on "'data/source.json' is busy"."""

@@ -28,6 +28,9 @@ from orchestration.assets import OWNERS, STAGE_ASSETS
 from tests.conftest import BIN, PROJECT, make_dvc_repo, stage_env, tiny_params_dict
 from tests.test_dagster import WIDE
 
+# a real `dagster dev` materializing every asset: minutes
+pytestmark = pytest.mark.slow
+
 ALL_ASSETS = {spec.name for spec in STAGE_ASSETS.values()}
 ASSET_JOB = "__ASSET_JOB"  # the implicit job over all assets that "Materialize all" launches
 # within pytest's 900 s timeout (pyproject.toml); the run takes 1.5 to 3 minutes on 2 busy cores

@@ -16,6 +16,9 @@ from cvae.figures import CAPTIONS, SHOWS_KEY
 from cvae.synthetic import VISIBLE_ATTRIBUTES
 from tests.conftest import BIN, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
+# every test here runs `dvc repro` (all of it, or a part) in a fresh project: minutes each
+pytestmark = pytest.mark.slow
+
 STAGES = ("check_source", "download", "validate", "prepare", "train", "train_classifier", "evaluate", "promote",
           "visualize")
 ALWAYS = "check_source"  # re-checks the source on every run (always_changed); the rest follow its output

@@ -18,9 +18,8 @@ from cvae.celeba import Attributes, write_attributes
 from cvae.classifier import build_classifier, load_classifier, predict_attributes
 from cvae.cli import main
 from cvae.dataset import to_unit_range
-from cvae.model import build_cvae
 from cvae.prepare import load_square
-from tests.conftest import BIN
+from tests.conftest import BIN, tiny_cvae
 
 NAMES = ["Bald", "Blond_Hair", "Smiling", "Eyeglasses"]
 # The training rows the model carries. Bald faces here never have blond hair or glasses,
@@ -37,9 +36,8 @@ FACE_ROW = [-1.0, 1.0, -1.0, 1.0]  # face.jpg's attributes in the attribute file
 CROP = 24  # data.crop of the test's params file; the face image is 40x30
 
 
-def tiny_cvae(rows: np.ndarray | None):
-    return build_cvae(image_size=16, n_attributes=len(NAMES), filters=[8, 16], latent_dim=4, beta=1.0,
-                      decoder_std=0.1, seed=0, attribute_names=NAMES, attribute_rows=rows)
+def named_cvae(rows: np.ndarray | None):
+    return tiny_cvae(n_attributes=len(NAMES), attribute_names=NAMES, attribute_rows=rows)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +51,8 @@ def files(tmp_path_factory) -> SimpleNamespace:
         truncated=root / "truncated.jpg", not_image=root / "notes.jpg",
         attr_file=root / "list_attr_celeba.txt", params=root / "params.yaml", missing=root / "missing",
     )
-    tiny_cvae(TABLE).save(f.model)
-    tiny_cvae(None).save(f.bare_model)
+    named_cvae(TABLE).save(f.model)
+    named_cvae(None).save(f.bare_model)
     build_classifier(16, NAMES, [8]).save(f.classifier)
     build_classifier(16, ["Male", "Smiling"], [8]).save(f.foreign_classifier)
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(f.sequential)
@@ -291,6 +289,7 @@ def test_a_mistake_is_a_one_line_error_and_writes_nothing(case, files, capsys, t
     assert list(tmp_path.iterdir()) == []  # no output, not even a staging file
 
 
+@pytest.mark.slow
 def test_the_installed_command_reports_a_mistake_without_a_traceback(files, tmp_path):
     def installed_cvae(*args) -> str:
         result = subprocess.run([BIN / "cvae", *args], capture_output=True, text=True)

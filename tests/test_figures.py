@@ -3,7 +3,6 @@ an untrained tiny model: the wiring is tested, not the model's quality)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,8 @@ from cvae.config import params_from_dict
 from cvae.dataset import load_split
 from cvae.errors import CvaeError
 from cvae.figures import CAPTIONS, CONDITIONAL, CURVES, EDITS, INTERPOLATION, LABEL_WIDTH, visualize
-from cvae.model import build_cvae
-from cvae.prepare import prepare
 from cvae.train import HISTORY_FILE
-from cvae.validation_report import SUMMARY_FILE
-from tests.conftest import tiny_params_dict
+from tests.conftest import prepare_data, tiny_cvae, tiny_params_dict
 
 SIZE, GAP = 16, 2
 
@@ -35,13 +31,10 @@ def make_params(**visualize_params):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, synthetic_root) -> Path:
     root = tmp_path_factory.mktemp("figures")
-    (root / "validation").mkdir()
-    (root / "validation" / SUMMARY_FILE).write_text(json.dumps({"success": True}))  # stands in for validate
-    prepare(make_params(), synthetic_root, root / "validation", root / "prepared")
+    prepare_data(root, make_params(), synthetic_root)  # a passing report stands in for validate
     names = load_split(root / "prepared", "train").attribute_names
     keras.utils.set_random_seed(0)
-    build_cvae(SIZE, len(names), [8, 16], 4, beta=1.0, decoder_std=0.1, seed=0, attribute_names=names).save(
-        root / "cvae.keras")
+    tiny_cvae(image_size=SIZE, n_attributes=len(names), attribute_names=names).save(root / "cvae.keras")
     (root / "train").mkdir()
     (root / "train" / HISTORY_FILE).write_text("epoch,kl,loss,val_kl,val_loss\n1,5,9,6,10\n2,4,7,5,8\n")
     return root

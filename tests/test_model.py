@@ -4,13 +4,13 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from cvae.errors import CvaeError
-from cvae.model import CVAE, build_cvae, load_cvae
+from cvae.model import CVAE, load_cvae
+from tests.conftest import tiny_cvae
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                      decoder_std=0.1, seed=0)
+    return tiny_cvae()
 
 
 def batch(n, seed=0):
@@ -98,8 +98,7 @@ def test_the_output_layer_computes_the_transposed_convolution_and_its_gradients(
 
 
 def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_path):
-    model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                       decoder_std=0.1, seed=0)
+    model = tiny_cvae()
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     images, condition = batch(64)
     history = model.fit(images, condition, batch_size=16, epochs=3, verbose=0, shuffle=False).history
@@ -149,8 +148,7 @@ def test_the_edge_term_enters_the_training_objective():
     losses = {}
     for weight in (0.0, 3.0):
         keras.utils.set_random_seed(0)  # the same initial weights for both
-        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                           decoder_std=0.1, seed=0, edge_weight=weight)
+        model = tiny_cvae(edge_weight=weight)
         model.compile(optimizer=keras.optimizers.Adam(0.0))  # no step: both see the same weights
         losses[weight] = model.evaluate(images, condition, batch_size=32, verbose=0, return_dict=True)
     assert losses[0.0]["edges"] == pytest.approx(losses[3.0]["edges"]) and losses[0.0]["edges"] > 0
@@ -182,8 +180,7 @@ def test_the_correlation_penalty_enters_the_training_objective():
     losses = {}
     for weight in (0.0, 1000.0):
         keras.utils.set_random_seed(0)  # the same initial weights for both
-        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                           decoder_std=0.1, seed=0, xcov_weight=weight)
+        model = tiny_cvae(xcov_weight=weight)
         model.compile(optimizer=keras.optimizers.Adam(0.0))  # no step: both see the same weights
         losses[weight] = model.evaluate(images, condition, batch_size=32, verbose=0, return_dict=True)
     assert losses[0.0]["xcov"] == pytest.approx(losses[1000.0]["xcov"]) and losses[0.0]["xcov"] > 0
@@ -303,8 +300,7 @@ def test_a_colour_shared_by_every_pixel_is_learnt_in_three_epochs():
     images = np.broadcast_to(colours, (512, 16, 16, 3)).astype(np.float32)
     condition = rng.choice([-1.0, 1.0], size=(512, 3)).astype(np.float32)
     keras.utils.set_random_seed(0)
-    model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                       decoder_std=0.1, seed=0)
+    model = tiny_cvae()
     model.compile(optimizer=keras.optimizers.Adam(2e-3, global_clipnorm=1.0))
     model.fit(images, condition, batch_size=32, epochs=3, verbose=0, shuffle=False)
     mse = np.mean((np.asarray(model([images, condition])) - images) ** 2)
@@ -344,8 +340,7 @@ def test_the_critic_is_blind_to_a_pattern_alternating_from_pixel_to_pixel():
 
 
 def test_a_resizing_decoder_has_no_transposed_convolution_and_round_trips(tmp_path):
-    model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0, decoder_std=0.1,
-                       seed=0, upsampling="resize")
+    model = tiny_cvae(upsampling="resize")
     kinds = {type(layer).__name__ for layer in model.decoder.layers}
     assert "UpSampling2D" in kinds and not any("Transpose" in kind for kind in kinds)
     images, condition = batch(4)
@@ -354,8 +349,7 @@ def test_a_resizing_decoder_has_no_transposed_convolution_and_round_trips(tmp_pa
     loaded = load_cvae(tmp_path / "resize.keras")
     np.testing.assert_allclose(np.asarray(loaded([images, condition])), np.asarray(model([images, condition])),
                                atol=1e-6)
-    transposed = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                            decoder_std=0.1, seed=0)
+    transposed = tiny_cvae()
     assert any("Transpose" in type(layer).__name__ for layer in transposed.decoder.layers)
 
 
@@ -410,17 +404,16 @@ def test_the_encoder_learns_from_the_adversarys_term_and_the_adversary_only_from
 
 
 def test_a_model_with_a_latent_adversary_round_trips_with_it(tmp_path):
-    model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                       decoder_std=0.1, seed=0, adversary_weight=7.0)
+    model = tiny_cvae(adversary_weight=7.0)
     z = np.random.default_rng(0).standard_normal((2, 4)).astype("float32")
     model.save(tmp_path / "m.keras")
     loaded = load_cvae(tmp_path / "m.keras")
     assert loaded.adversary_weight == 7.0 and loaded.critic is None
     np.testing.assert_allclose(np.asarray(loaded.adversary(z)), np.asarray(model.adversary(z)), atol=1e-6)
-    assert build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                      decoder_std=0.1).adversary is None  # weight 0: no adversary to train
+    assert tiny_cvae(seed=None).adversary is None  # weight 0: no adversary to train
 
 
+@pytest.mark.slow
 def test_the_adversary_makes_an_attribute_that_z_could_carry_follow_c():
     """Faces whose brightness varies continuously, with attribute 0 its sign: z has to hold
     the brightness, and so holds the attribute too, unless the adversary charges for it.
@@ -434,8 +427,7 @@ def test_the_adversary_makes_an_attribute_that_z_could_carry_follow_c():
     success = {}
     for weight in (0.0, 200.0):
         keras.utils.set_random_seed(0)
-        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                           decoder_std=0.1, seed=0, adversary_weight=weight)
+        model = tiny_cvae(adversary_weight=weight)
         model.compile(optimizer=keras.optimizers.Adam(2e-3, global_clipnorm=1.0))
         model.fit(images, condition, batch_size=32, epochs=20, verbose=0, shuffle=False)
         z_mean = np.asarray(model.encoder([images, condition])[0])

@@ -13,7 +13,7 @@ from cvae.parallel import bounded_map
 from cvae.prepare import Chunk, _load_chunk, decode_reduction, load_square, prepare
 from cvae.train import _training_batches
 from cvae.validation import validate
-from tests.conftest import tiny_params_dict
+from tests.conftest import prepare_data, tiny_params_dict
 
 SHARD = 5  # images per shard in these tests: several shards per split, one of them short
 
@@ -22,10 +22,9 @@ SHARD = 5  # images per shard in these tests: several shards per split, one of t
 def prepared(tmp_path_factory, synthetic_root):
     out = tmp_path_factory.mktemp("prepared")
     params = params_from_dict(tiny_params_dict(data={"shard_images": SHARD}))
-    validate(params, synthetic_root, out / "validation")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("cvae.prepare.CHUNK", 2)  # several chunks per shard, one of them short
-        prepare(params, synthetic_root, out / "validation", out / "prepared")
+        prepare_data(out, params, synthetic_root, validate=True)
     return out / "prepared"
 
 
@@ -205,6 +204,7 @@ def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, t
     assert not (tmp_path / "prepared").exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_training_saves_no_model(prepared, tmp_path):
     from cvae.train import train
 

@@ -24,10 +24,8 @@ from cvae.dataset import load_split
 from cvae.errors import CvaeError
 from cvae.evaluate import score
 from cvae.gate import compare, flatten
-from cvae.prepare import prepare
 from cvae.promote import KEPT, PROMOTED, promote
-from cvae.validation import validate
-from tests.conftest import tiny_params_dict
+from tests.conftest import prepare_data, tiny_cvae, tiny_params_dict
 
 SIZE = 16
 GATE = {"neg_elbo_nats": {"better": "lower", "tolerance": 5.0},
@@ -39,7 +37,6 @@ GATE = {"neg_elbo_nats": {"better": "lower", "tolerance": 5.0},
 def world(tmp_path_factory, synthetic_root) -> SimpleNamespace:
     """A prepared split, a classifier, and three tiny models differing only in their weights."""
     from cvae.classifier import build_classifier
-    from cvae.model import build_cvae
 
     root = tmp_path_factory.mktemp("promote")
     settings = tiny_params_dict(data={"image_size": SIZE, "crop": 148}, train={"filters": [8, 16]},
@@ -47,8 +44,7 @@ def world(tmp_path_factory, synthetic_root) -> SimpleNamespace:
     settings["validate"]["prevalence"] = {}  # 48 faces: prevalence bounds are not the point here
     settings["retrain"]["gate"] = GATE  # replaced, not merged into the project's gate
     params = params_from_dict(settings)
-    validate(params, synthetic_root, root / "validation", root / "baseline.json")
-    meta = prepare(params, synthetic_root, root / "validation", root / "prepared")
+    meta = prepare_data(root, params, synthetic_root, validate=True, baseline=root / "baseline.json")
     names = meta["attribute_names"]
     rows = load_split(root / "prepared", "train").attributes  # kept in the model, for `cvae generate`
     w = SimpleNamespace(root=root, params=params, prepared=root / "prepared", classifier=root / "classifier.keras")
@@ -56,13 +52,12 @@ def world(tmp_path_factory, synthetic_root) -> SimpleNamespace:
     for name, seed in (("first", 1), ("second", 2), ("third", 3)):
         keras.utils.set_random_seed(seed)
         path = root / f"{name}.keras"
-        build_cvae(SIZE, len(names), [8, 16], 4, beta=1.0, decoder_std=0.1, seed=seed, attribute_names=names,
-                   attribute_rows=rows).save(path)
+        tiny_cvae(image_size=SIZE, n_attributes=len(names), seed=seed, attribute_names=names,
+                  attribute_rows=rows).save(path)
         setattr(w, name, path)
     keras.utils.set_random_seed(4)
     w.other_size = root / "other_size.keras"
-    build_cvae(2 * SIZE, len(names), [8, 16], 4, beta=1.0, decoder_std=0.1, seed=4,
-               attribute_names=names).save(w.other_size)
+    tiny_cvae(image_size=2 * SIZE, n_attributes=len(names), seed=4, attribute_names=names).save(w.other_size)
     return w
 
 
@@ -114,6 +109,7 @@ def test_a_gated_metric_evaluate_does_not_write_is_named():
         compare({"fidelity": {"mean": 0.8}}, {"fidelity": {"mean": 0.8}}, rules)
 
 
+@pytest.mark.slow
 def test_first_model_is_promoted_a_better_one_replaces_it_and_a_worse_one_does_not(world, tmp_path):
     w, project = world, tmp_path
     first_metrics = real_score(w, w.first)

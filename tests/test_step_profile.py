@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from cvae.config import params_from_dict
-from cvae.prepare import prepare
-from cvae.validation_report import SUMMARY_FILE
-from tests.conftest import PROJECT, stage_env, tiny_params_dict
+from tests.conftest import PROJECT, prepare_data, stage_env, tiny_params_dict
+
+# each test runs benchmarks/step_profile.py in a fresh process (TensorFlow, a profiled training)
+pytestmark = pytest.mark.slow
 
 
 def test_the_step_profile_tables_the_convolutions_of_the_training_step(tmp_path, synthetic_root):
     settings = tiny_params_dict(data={"image_size": 16})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
     # prepared data, not its validation: a passing report stands in for it
-    (tmp_path / "validation").mkdir()
-    (tmp_path / "validation" / SUMMARY_FILE).write_text(json.dumps({"success": True}))
-    prepare(params_from_dict(settings), synthetic_root, tmp_path / "validation", tmp_path / "prepared")
+    prepare_data(tmp_path, params_from_dict(settings), synthetic_root)
 
     result = subprocess.run(
         [sys.executable, str(PROJECT / "benchmarks" / "step_profile.py"), "--params", str(tmp_path / "params.yaml"),

@@ -25,13 +25,11 @@ from cvae.config import params_from_dict
 from cvae.dataset import IDS_FILE
 from cvae.errors import CvaeError
 from cvae.dataset import load_split
-from cvae.model import CVAE, build_cvae, load_cvae
-from cvae.prepare import prepare
+from cvae.model import CVAE, load_cvae
 from cvae.train import (HISTORY_FILE, WEIGHTS_FILE, CheckpointStore, SaveCheckpoint, fingerprint,
                         make_optimizer, new_model, steps_per_execution, train)
-from cvae.validation_report import SUMMARY_FILE
 from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras reads
-from tests.conftest import BIN, PROJECT, run, stage_env, tiny_params_dict
+from tests.conftest import BIN, PROJECT, prepare_data, run, stage_env, tiny_cvae, tiny_params_dict
 
 # Eight short epochs with warm-up, cosine decay and early stopping all switched on: long
 # enough to kill a run after its first checkpoint and still have epochs left to resume.
@@ -68,11 +66,8 @@ def assert_same_weights(first: Path | keras.Model, second: Path | keras.Model) -
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, synthetic_root) -> Path:
     out = tmp_path_factory.mktemp("training")
-    # these tests need prepared data, not its validation (about 10 s of Great Expectations):
-    # a passing report stands in for it
-    (out / "validation").mkdir()
-    (out / "validation" / SUMMARY_FILE).write_text(json.dumps({"success": True}))
-    prepare(make_params(), synthetic_root, out / "validation", out / "prepared")
+    # these tests need prepared data, not its validation: a passing report stands in for it
+    prepare_data(out, make_params(), synthetic_root)
     return out / "prepared"
 
 
@@ -155,9 +150,9 @@ def train_arguments(out: Path, prepared: Path, checkpoints: Path) -> list[str]:
             str(out / "cvae.keras"), "--history", str(out / "train"), "--checkpoints", str(checkpoints)]
 
 
+@pytest.mark.slow
 def test_kl_warmup_raises_the_kl_weight_from_zero_to_beta(reference):
-    model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=0.5,
-                       decoder_std=0.1, seed=0, kl_warmup_steps=10)
+    model = tiny_cvae(beta=0.5, kl_warmup_steps=10)
     model.compile(optimizer=keras.optimizers.Adam())
     rng = np.random.default_rng(0)
     images = rng.random((8, 16, 16, 3), dtype=np.float32)
@@ -189,12 +184,14 @@ def test_the_cosine_schedule_decays_the_learning_rate_to_its_floor():
     assert list(rates(make_optimizer(constant, steps_per_epoch=5), [0, 20])) == pytest.approx([1e-3, 1e-3])
 
 
+@pytest.mark.slow
 def test_same_params_and_data_give_the_same_history_and_model(prepared, reference, tmp_path):
     train(make_params(**RUN), prepared, tmp_path / "cvae.keras", tmp_path / "train")
     assert history_rows(tmp_path / "train") == reference.history
     assert_same_weights(tmp_path / "cvae.keras", reference.model)
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best_epoch(overfit, killed_after_the_best_epoch):
     assert overfit.best_epoch < len(overfit.history) < OVERFIT["epochs"]  # stopped, after a worse epoch
     # the saved model holds the weights the run had at the end of its best epoch
@@ -205,6 +202,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(overfit, killed_after_the
     assert_same_weights(overfit.model, model)
 
 
+@pytest.mark.slow
 def test_early_stopping_picks_up_its_progress_when_resumed(prepared, overfit, killed_after_the_best_epoch,
                                                            tmp_path):
     """Resumed after the best epoch, the run must still know that epoch was the best (and
@@ -216,6 +214,7 @@ def test_early_stopping_picks_up_its_progress_when_resumed(prepared, overfit, ki
     assert_same_weights(tmp_path / "cvae.keras", overfit.model)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped_and_ends_as_if_never_killed(prepared, reference,
                                                                         killed_checkpoint, tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict(**RUN)))
@@ -234,6 +233,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_ends_as_if_never_killed(prepa
     assert not checkpoints.exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_other_params_seed_networks_or_data_is_ignored(prepared, killed_after_the_best_epoch,
                                                                        tmp_path, capsys):
     def latest(params, data: Path, name: str, model=None):
@@ -285,6 +285,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_training_under_a_mirrored_strategy_over_two_devices(prepared, tmp_path):
     # the learning rate fixed here, not taken from params.yaml: the tolerances below are for
     # the sampling noise's effect at this rate, and a higher one lets it move the ELBO further
@@ -311,6 +312,7 @@ def test_training_under_a_mirrored_strategy_over_two_devices(prepared, tmp_path)
     assert load_cvae(tmp_path / "cvae-1.keras").critic is not None
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_trains_on_a_cpu_and_saves_a_float32_model(prepared, one_epoch, tmp_path):
     keras.mixed_precision.set_global_policy("mixed_float16")  # the caller's own policy
     try:
@@ -329,6 +331,7 @@ def test_mixed_bfloat16_trains_on_a_cpu_and_saves_a_float32_model(prepared, one_
         assert keras.backend.standardize_dtype(output.dtype) == "float32"
 
 
+@pytest.mark.slow
 def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepared, tmp_path):
     with pytest.raises(CvaeError, match=r"train.steer_attributes: 'Smilng' is not an attribute of the data; did you"
                                         r" mean 'Smiling'\?"):
@@ -343,6 +346,7 @@ def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepar
     assert chosen == sorted(chosen, key=model.attribute_names.index) and set(chosen) == {"Smiling", "Male"}
 
 
+@pytest.mark.slow
 def test_on_a_gpu_the_step_is_really_compiled_with_xla(prepared, one_epoch, tmp_path, monkeypatch, capsys):
     """Keras drops jit_compile=True while op determinism is on; on a GPU train turns
     determinism off so that XLA is used. The GPU is pretended (XLA compiles on a CPU too)."""
@@ -380,6 +384,7 @@ def _threads_in_a_fresh_process() -> tuple[str, list[int]]:
     return described, json.loads(numbers)
 
 
+@pytest.mark.slow
 def test_on_a_cpu_training_runs_two_ops_at_once_each_on_half_the_cores(monkeypatch):
     from cvae.parallel import usable_cores
     from cvae.train import CPU_STEP_LANES
@@ -399,6 +404,7 @@ def test_a_call_into_the_graph_runs_up_to_ten_steps_and_never_into_the_next_epoc
     assert [steps_per_execution(n) for n in (100, 5087, 12, 7, 13, 2, 1)] == [10, 1, 6, 7, 1, 2, 1]
 
 
+@pytest.mark.slow
 def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_does():
     import tensorflow as tf
 
@@ -408,8 +414,7 @@ def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_d
     weights = {}
     for per_call in (1, 3):
         keras.utils.set_random_seed(0)  # the same initial weights, noise and data order
-        model = build_cvae(image_size=16, n_attributes=3, filters=[8, 16], latent_dim=4, beta=1.0,
-                           decoder_std=0.1, seed=0, steer_weight=5.0)
+        model = tiny_cvae(steer_weight=5.0)
         model.compile(optimizer=make_optimizer(make_params(**ONE_EPOCH).train, steps_per_epoch=6),
                       steps_per_execution=per_call)
         data = tf.data.Dataset.from_tensor_slices((images, condition)).batch(8)
