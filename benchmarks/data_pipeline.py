@@ -33,12 +33,12 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, Attributes, load_attributes, write_attributes
-from cvae.config import load_params
-from cvae.parallel import usable_cores
-from cvae.prepare import REDUCED_DECODE, decode_reduction, load_square, prepare
-from cvae.synthetic import generate
-from cvae.validation import validate
+from cvae.core.celeba import ATTRIBUTE_FILE, IMAGE_DIR, Attributes, load_attributes, write_attributes
+from cvae.core.config import load_params
+from cvae.core.parallel import usable_cores
+from cvae.data.prepare import REDUCED_DECODE, decode_reduction, load_square, prepare
+from cvae.source.synthetic import generate
+from cvae.validation.validate import validate
 
 PROJECT = Path(__file__).resolve().parent.parent
 CVAE = str(Path(sys.executable).parent / "cvae")
@@ -142,7 +142,7 @@ def throughput(work: Path, images: int) -> dict[str, float]:
 
 def input_pipeline(prepared_dir: Path, params) -> int:
     """Images/s that `train` can be fed: the shuffled tf.data stream, three epochs, no model."""
-    from cvae.dataset import load_split, tf_dataset
+    from cvae.data.dataset import load_split, tf_dataset
 
     split = load_split(prepared_dir, "train")
     batches = tf_dataset(split, params.train.batch_size, shuffle=True, seed=0)

@@ -4,8 +4,8 @@ Builds the model `cvae train` builds (params.yaml, or `--set` overrides), runs w
 steps on the prepared shards, times some steps, then profiles more and prints the op
 types and the single ops with the most self time per step, from the profiler's
 `framework_op_stats` table (read with the profiler plugin bundled with TensorFlow, so no
-TensorBoard is needed). It runs on the threads `train` runs on (`cvae.train.configure_cpu_threads`)
-and as many steps per call as `train` (`cvae.train.steps_per_execution`). The ops' times
+TensorBoard is needed). It runs on the threads `train` runs on (`cvae.model.train.configure_cpu_threads`)
+and as many steps per call as `train` (`cvae.model.train.steps_per_execution`). The ops' times
 add up over the cores, so on 2 cores they can sum to twice the wall time of a step.
 
 Last, from the profiler's trace: how long per step all of TensorFlow's inter-op threads
@@ -35,10 +35,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as profiler_plugin  # noqa: E402
 
-from cvae.config import load_params  # noqa: E402
-from cvae.dataset import load_split  # noqa: E402
-from cvae.train import (_training_batches, configure_cpu_threads, make_optimizer, new_model,  # noqa: E402
-                        seed_everything, steps_per_execution)
+from cvae.core.config import load_params  # noqa: E402
+from cvae.core.seeding import seed_everything  # noqa: E402
+from cvae.data.dataset import load_split  # noqa: E402
+from cvae.model.train import (  # noqa: E402
+    configure_cpu_threads,
+    make_optimizer,
+    new_model,
+    steps_per_execution,
+    training_batches,
+)
 
 
 def op_stats(logdir: Path) -> list[dict]:
@@ -73,7 +79,7 @@ def main() -> None:
     model = new_model(params, split, steps_per_epoch)
     per_call = steps_per_execution(steps_per_epoch)
     model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), steps_per_execution=per_call)
-    batches = iter(_training_batches(split, params.train, params.seed, 0).repeat())
+    batches = iter(training_batches(split, params.train, params.seed, 0).repeat())
     model.make_train_function()
     call = model.train_function
     calls = max(1, math.ceil(args.steps / per_call))

@@ -6,8 +6,8 @@
    (a) the original tutorial's way: plain `model.fit` on a `keras.utils.PyDataset` that, per
        batch, reads each JPEG with scikit-image, centre-crops 148 and resizes it to 64 px
        (one process, no workers; XLA off), with TensorFlow's own choice of CPU kernels;
-   (b) the project's training path: the prepared uint8 shards through `cvae.dataset.tf_dataset`
-       as `cvae.train` streams them, the same model and optimizer, XLA off, oneDNN's
+   (b) the project's training path: the prepared uint8 shards through `cvae.data.dataset.tf_dataset`
+       as `cvae.model.train` streams them, the same model and optimizer, XLA off, oneDNN's
        kernels on, two ops at once on half the cores each and 10 steps per call into the
        graph (what `train` does on a CPU: `import cvae` turns oneDNN on, `train` the rest);
        and, to show what each setting gives, with TensorFlow's default kernels, with XLA on,
@@ -54,12 +54,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, Attributes, load_attributes, write_attributes
-from cvae.config import load_params
-from cvae.parallel import usable_cores
-from cvae.prepare import prepare
-from cvae.synthetic import generate, image_id
-from cvae.validation import validate
+from cvae.core.celeba import ATTRIBUTE_FILE, IMAGE_DIR, Attributes, load_attributes, write_attributes
+from cvae.core.config import load_params
+from cvae.core.parallel import usable_cores
+from cvae.data.prepare import prepare
+from cvae.source.synthetic import generate, image_id
+from cvae.validation.validate import validate
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as `cvae` does: no CUDA probing chatter
 
@@ -231,12 +231,12 @@ def matmul_flops(operands: dict) -> dict[int, float]:
 
 
 def compiled_model(params, split, jit_compile: bool, precision: str = "float32", per_call: int | None = None):
-    """A default model built and compiled the way `cvae.train.train` does (`per_call`:
+    """A default model built and compiled the way `cvae.model.train.train` does (`per_call`:
     steps per call into the graph; None: as train)."""
-    from cvae.train import _precision_policy, make_optimizer, new_model, steps_per_execution
+    from cvae.model.train import make_optimizer, new_model, precision_policy, steps_per_execution
 
     steps_per_epoch = math.ceil(len(split) / params.train.batch_size)
-    with _precision_policy(precision):
+    with precision_policy(precision):
         model = new_model(params, split, steps_per_epoch)
     model.compile(optimizer=make_optimizer(params.train, steps_per_epoch), jit_compile=jit_compile,
                   steps_per_execution=per_call or steps_per_execution(steps_per_epoch))
@@ -245,8 +245,9 @@ def compiled_model(params, split, jit_compile: bool, precision: str = "float32",
 
 def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int) -> dict:
     """One contender's turn, in this (fresh) process: its model, its data, the timed fit."""
-    from cvae.dataset import load_split
-    from cvae.train import _training_batches, configure_cpu_threads, seed_everything
+    from cvae.core.seeding import seed_everything
+    from cvae.data.dataset import load_split
+    from cvae.model.train import configure_cpu_threads, training_batches
 
     # the project's path runs on train's threads (set before anything starts TensorFlow's
     # runtime); the tutorial's way on TensorFlow's defaults, and so does XLA: it runs the
@@ -268,7 +269,7 @@ def contender_turn(key: str, raw: Path, prepared: Path, warmup: int, steps: int)
         data = tutorial_batches(paths, np.asarray(split.attributes, dtype=np.float32), p.batch_size,
                                 params.data.crop, params.data.image_size)
     else:
-        data = _training_batches(split, p, params.seed, first_epoch=0)  # what train streams
+        data = training_batches(split, p, params.seed, first_epoch=0)  # what train streams
     # the tutorial calls into the graph once a step, as plain `fit` does; the project's path
     # as train does (several steps a call)
     model = compiled_model(params, split, jit_compile=key == "shards_xla",
@@ -403,7 +404,7 @@ def conv_macs(network) -> list[int]:
 
 def default_model(params, prepared: Path):
     """The default model as the project's path trains it (XLA off), for the FLOP count."""
-    from cvae.dataset import load_split
+    from cvae.data.dataset import load_split
 
     return compiled_model(params, load_split(prepared, "train"), jit_compile=False)
 

@@ -14,29 +14,29 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cvae.config import Params, load_params
-from cvae.errors import CvaeError
+from cvae.core.config import Params, load_params
+from cvae.core.errors import CvaeError
 
 # TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) is noise in stage logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _check_source(params: Params, args: argparse.Namespace) -> None:
-    from cvae.source_check import check_source
+    from cvae.source.check import check_source
 
     check = check_source(params, args.out)
     print(f"check-source: {check.describe()} -> {args.out}")
 
 
 def _download(params: Params, args: argparse.Namespace) -> None:
-    from cvae.download import download
+    from cvae.source.download import download
 
     path = download(params, args.out, args.source_check)
     print(f"download: raw dataset ready in {path}")
 
 
 def _validate(params: Params, args: argparse.Namespace) -> None:
-    from cvae.validation import validate
+    from cvae.validation.validate import validate
 
     summary = validate(params, args.raw, args.report, args.baseline)
     if not summary.success:
@@ -48,21 +48,21 @@ def _validate(params: Params, args: argparse.Namespace) -> None:
 
 
 def _prepare(params: Params, args: argparse.Namespace) -> None:
-    from cvae.prepare import prepare
+    from cvae.data.prepare import prepare
 
     meta = prepare(params, args.raw, args.validation, args.out)
     print(f"prepare: {meta['splits']} images at {meta['image_size']}px in {args.out}")
 
 
 def _train(params: Params, args: argparse.Namespace) -> None:
-    from cvae.train import train
+    from cvae.model.train import train
 
     final = train(params, args.prepared, args.model, args.history, checkpoint_dir=args.checkpoints)
     print(f"train: saved {args.model}; last epoch " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())))
 
 
 def _train_classifier(params: Params, args: argparse.Namespace) -> None:
-    from cvae.classifier import train_classifier
+    from cvae.quality.classifier import train_classifier
 
     report = train_classifier(params, args.prepared, args.model, args.report)
     print(f"train-classifier: saved {args.model}; held-out mean accuracy {report['mean_accuracy']:.3f},"
@@ -70,7 +70,7 @@ def _train_classifier(params: Params, args: argparse.Namespace) -> None:
 
 
 def _evaluate(params: Params, args: argparse.Namespace) -> None:
-    from cvae.evaluate import evaluate
+    from cvae.quality.evaluate import evaluate
 
     metrics = evaluate(params, args.prepared, args.model, args.classifier, args.metrics)
     edits = ", ".join(f"{name} {result['success']:.2f}" for name, result in metrics["edit"].items())
@@ -83,7 +83,7 @@ def _evaluate(params: Params, args: argparse.Namespace) -> None:
 
 
 def _promote(params: Params, args: argparse.Namespace) -> None:
-    from cvae.promote import describe, promote
+    from cvae.registry.promote import describe, promote
 
     decision = promote(params, args.prepared, args.model, args.classifier, args.metrics, args.registry,
                        args.production, args.decision)
@@ -166,7 +166,7 @@ CLASSIFIER = ("--classifier", str(PRODUCTION / "classifier.keras"),
 def _require_production(*paths: Path) -> None:
     """A default path into models/production that is missing: say what to do, not just 'not found'."""
     if any(path.is_relative_to(PRODUCTION) for path in paths) and not PRODUCTION.exists():
-        from cvae.registry import production
+        from cvae.registry.store import production
 
         production(PRODUCTION)  # a dangling link explains itself
         raise CvaeError(f"{PRODUCTION}: no production model yet; run the pipeline (`make run` or `dvc repro`)"
@@ -274,7 +274,7 @@ chunks.""",
 
 
 def _provenance(args: argparse.Namespace) -> None:
-    from cvae.provenance import PREFIX, read
+    from cvae.core.provenance import PREFIX, read
 
     for key, value in read(args.png).items():
         print(f"{key.removeprefix(PREFIX)}: {value}")
@@ -292,8 +292,8 @@ def _add_provenance(commands) -> None:
 
 
 def _production(args: argparse.Namespace) -> None:
-    from cvae import registry
-    from cvae.gate import flatten
+    from cvae.registry import store as registry
+    from cvae.registry.gate import flatten
 
     if args.restore:
         version = registry.last_decided(args.registry)

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 from PIL.PngImagePlugin import PngInfo
 
-from cvae.atomic import replace_file
-from cvae.classifier import load_classifier
-from cvae.errors import CvaeError
+from cvae.core.atomic import replace_file
+from cvae.core.errors import CvaeError
 from cvae.figures import image_grid
-from cvae.image_checks import check_image
-from cvae.model import load_cvae
+from cvae.model.cvae import load_cvae
+from cvae.quality.classifier import load_classifier
+from cvae.validation.images import check_image
 
 GRID_FILE = "grid.png"
 LARGEST_SQUARE = 1 << 62  # a crop no image reaches: `load_square` then takes the largest centred square
@@ -193,7 +193,7 @@ def _pin(model_path: str | Path) -> Path:
 
 
 def _model_provenance(model_path: str | Path, pinned: Path) -> dict[str, str]:
-    from cvae.registry import file_md5
+    from cvae.registry.store import file_md5
 
     chunks = {"cvae:model": str(model_path), "cvae:model_md5": file_md5(pinned)}
     if pinned != Path(model_path).absolute():
@@ -203,7 +203,7 @@ def _model_provenance(model_path: str | Path, pinned: Path) -> dict[str, str]:
 
 def _attributes_by_classifier(classifier_path: str | Path, image_path: Path, crop: int,
                               names: list[str]) -> np.ndarray:
-    from cvae.classifier import predict_attributes
+    from cvae.quality.classifier import predict_attributes
 
     classifier = load_classifier(classifier_path)
     columns = _columns(names, classifier.attribute_names, f"the classifier {classifier_path}")
@@ -212,7 +212,7 @@ def _attributes_by_classifier(classifier_path: str | Path, image_path: Path, cro
 
 
 def _attributes_from_file(attribute_file: str | Path, image_path: Path, names: list[str]) -> np.ndarray:
-    from cvae.celeba import load_attributes
+    from cvae.core.celeba import load_attributes
 
     attributes = load_attributes(attribute_file)
     columns = _columns(names, attributes.names, f"the attribute file {attribute_file}")
@@ -234,8 +234,8 @@ def _columns(needed: list[str], available: list[str], source: str) -> list[int]:
 
 
 def _load_face(path: Path, crop: int, size: int) -> np.ndarray:
-    from cvae.dataset import to_unit_range
-    from cvae.prepare import load_square
+    from cvae.data.dataset import to_unit_range
+    from cvae.data.prepare import load_square
 
     # one image: a full decode (reduction=1) costs nothing, and also serves an image
     # smaller than `size`, which libjpeg's reduced-scale decoding cannot

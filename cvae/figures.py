@@ -3,7 +3,7 @@
 The original tutorial's figures (reconstructions, random samples, the Male x Smiling sweep,
 the latent map) and a few it did not have (conditional rows over shared latent codes,
 edits of held-out faces, interpolation, training curves). Every PNG carries its
-provenance in its text chunks (`cvae.provenance`).
+provenance in its text chunks (`cvae.core.provenance`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from cvae.atomic import replace_directory
-from cvae.attributes import check_names, figure_choices
-from cvae.config import Params
-from cvae.dataset import PreparedSplit, load_split
-from cvae.errors import CvaeError
-from cvae.progress import progress
-from cvae.provenance import collect
+from cvae.core.atomic import replace_directory
+from cvae.core.attributes import check_names, figure_choices
+from cvae.core.config import Params
+from cvae.core.errors import CvaeError
+from cvae.core.progress import progress
+from cvae.core.provenance import collect
+from cvae.data.dataset import PreparedSplit, load_split
 
 RECONSTRUCTIONS = "reconstructions.png"
 SAMPLES = "samples.png"
@@ -82,7 +82,7 @@ def labelled_grid(rows: list[np.ndarray], labels: list[str], gap: int = 2) -> Im
 
 def visualize(params: Params, prepared_dir: str | Path, model_path: str | Path, figures_dir: str | Path,
               history_dir: str | Path | None = None) -> dict:
-    from cvae.model import load_cvae
+    from cvae.model.cvae import load_cvae
 
     model = load_cvae(model_path)
     test = load_split(prepared_dir, "test")
@@ -235,7 +235,7 @@ def _latent_map(model, test: PreparedSplit, attributes: list[str], seed: int, pa
 
 
 def _read_history(history_dir: Path) -> dict[str, list[float]]:
-    from cvae.train import HISTORY_FILE
+    from cvae.model.train import HISTORY_FILE
 
     path = history_dir / HISTORY_FILE
     if not path.exists():

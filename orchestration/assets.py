@@ -18,9 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from cvae.config import load_params
-from cvae.gate import flatten
-
+from cvae.core.config import load_params
+from cvae.registry.gate import flatten
 from orchestration.dvc_pipeline import (
     PROJECT_ROOT,
     DvcProject,
@@ -94,7 +93,7 @@ def _metrics_metadata(root: Path, stage: Stage) -> dict:
 
 
 def _promotion_metadata(root: Path, stage: Stage) -> dict:
-    from cvae.promote import gated_numbers
+    from cvae.registry.promote import gated_numbers
 
     decision = json.loads((root / stage.path("--decision")).read_text())
     before = decision["production_before"]
@@ -129,7 +128,7 @@ def _source_metadata(root: Path, stage: Stage) -> dict:
 
 
 def _raw_metadata(root: Path, stage: Stage) -> dict:
-    from cvae.celeba import IMAGE_DIR
+    from cvae.core.celeba import IMAGE_DIR
 
     return {"images": sum(1 for _ in (root / stage.path("--out") / IMAGE_DIR).iterdir())}
 

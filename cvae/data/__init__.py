@@ -1,0 +1,1 @@
+"""The `prepare` stage, and reading its prepared splits for the model."""

@@ -1,0 +1,1 @@
+"""The conditional VAE: its networks, its maths, its optimizer, and the `train` stage."""

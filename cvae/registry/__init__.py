@@ -1,0 +1,1 @@
+"""The model registry, the quality gate, and the `promote` stage."""

@@ -1,0 +1,1 @@
+"""The `validate` stage: Great Expectations suites on the raw dataset, and their report."""
