@@ -427,7 +427,7 @@ def flops_per_image(model, batch_size: int, image_size: int) -> dict:
     # critic on real faces: 3f but its first layer's input gradient; with the critic's lesson
     # on decoded faces (critic_fake_weight), the same again on the edited faces.
     encoder, decoder, critic = (conv_macs(net) for net in (model.encoder, model.decoder, model.critic))
-    critic_learning_passes = 2 if model.critic_fake_weight else 1
+    critic_learning_passes = 2 if model.loss_weights.critic_fake else 1
     by_hand = (3 * sum(encoder) - encoder[0] + 2 * 3 * sum(decoder) + 2 * sum(critic)
                + critic_learning_passes * (3 * sum(critic) - critic[0]))
     conv_types = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter")

@@ -8,6 +8,7 @@ the sampling and the decoder's output are float32.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -40,46 +41,56 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """The objective, per image: the negative log-likelihood under a Gaussian of std
+    `decoder_std` on [0, 1] pixels, plus `beta` times the KL (ramped up from 0 over the
+    first `kl_warmup_steps` optimizer steps), plus each further term times its weight.
+    `steer_mask` picks the attributes the steer term covers (1) and leaves out (0); None
+    covers every one. A zero `steer` weight leaves the critic out, a zero `adversary`
+    weight the adversary."""
+
+    beta: float = 1.0
+    decoder_std: float = 0.1
+    kl_warmup_steps: int = 0
+    xcov: float = 0.0
+    edge: float = 0.0
+    steer: float = 0.0
+    critic_fake: float = 0.0
+    adversary: float = 0.0
+    steer_mask: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.steer_mask is not None:  # a tuple: the object stays frozen and hashable
+            object.__setattr__(self, "steer_mask", tuple(float(v) for v in self.steer_mask))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class CVAE(keras.Model):
     """Trains on the negative ELBO with a Gaussian likelihood of fixed std on [0, 1] pixels
     and a beta-weighted KL; tracks per-pixel MSE and per-image KL on their own."""
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0,
-                 decoder_std: float = 0.1, seed: int | None = None, attribute_names: list[str] | None = None,
-                 attribute_table_rows: int = 0, kl_warmup_steps: int = 0, xcov_weight: float = 0.0,
-                 edge_weight: float = 0.0, critic: keras.Model | None = None, steer_weight: float = 0.0,
-                 steer_mask: list[float] | None = None, critic_fake_weight: float = 0.0,
-                 adversary: keras.Model | None = None, adversary_weight: float = 0.0, **kwargs):
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, loss_weights: LossWeights | dict | None = None,
+                 critic: keras.Model | None = None, adversary: keras.Model | None = None, seed: int | None = None,
+                 attribute_names: list[str] | None = None, attribute_table_rows: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
-        # optional: the model's own attribute classifier and the weight of the steer term
-        # (nats per image per unit of summed cross-entropy); steer_mask picks the attributes
-        # it covers (1) and leaves out (0), e.g. those no image shows
+        # a dict when read back from a saved model's config
+        self.loss_weights = (loss_weights if isinstance(loss_weights, LossWeights)
+                             else LossWeights(**(loss_weights or {})))
+        # optional: the model's own attribute classifier, which the steer term asks to see
+        # the attributes in decoded faces, and a small network that reads the attributes
+        # from the latent means, which the adversary term asks the encoder to leave blind
         self.critic = critic
-        self.steer_weight = steer_weight
-        self.steer_mask = [float(v) for v in steer_mask] if steer_mask is not None else [1.0] * self.n_attributes
-        # weight of the critic's lesson on decoded faces: what they were asked to show, it
-        # learns to call absent (0: the critic learns from real faces alone)
-        self.critic_fake_weight = critic_fake_weight
-        # optional: a small network that reads the attributes from the latent means (trained
-        # on them), and the weight of the encoder's term for leaving it nothing to read
         self.adversary = adversary
-        self.adversary_weight = adversary_weight
         # The model travels without its dataset: it carries the attribute names and a sample
         # of training attribute rows, from which `cvae generate` draws the attributes a user
         # did not set (joint prevalence, so no bald face with blond hair).
         self.attribute_names = list(attribute_names or [f"attribute_{i}" for i in range(self.n_attributes)])
         self.attribute_table = self.add_weight(shape=(attribute_table_rows, self.n_attributes),
                                                initializer="zeros", trainable=False, name="attribute_table")
-        self.beta = beta
-        self.decoder_std = decoder_std
         self.seed = seed
-        # optimizer steps over which the KL weight rises from 0 to beta (0: no warm-up)
-        self.kl_warmup_steps = kl_warmup_steps
-        self.xcov_weight = xcov_weight
-        self.edge_weight = edge_weight
         self.sampling = Sampling(seed=seed, dtype="float32")  # mixed precision would round the noise
         self.steer_seed_generator = keras.random.SeedGenerator(None if seed is None else seed + 1)
         self.loss_tracker = keras.metrics.Mean(name="loss")  # the training objective (KL weighted)
@@ -129,7 +140,7 @@ class CVAE(keras.Model):
         reconstruction = self.decoder([z, condition], training=training)
         dims = math.prod(images.shape[1:])  # static: the image size is fixed by the model
         squared = ops.reshape(ops.square(images - reconstruction), (-1, dims))
-        variance = self.decoder_std**2
+        variance = self.loss_weights.decoder_std**2
         nll = ops.sum(squared, axis=-1) / (2 * variance) + dims * 0.5 * math.log(2 * math.pi * variance)
         kl = -0.5 * ops.sum(1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var), axis=-1)
         edges = edge_difference(images, reconstruction) / (2 * variance)
@@ -140,10 +151,11 @@ class CVAE(keras.Model):
 
         Read from the optimizer's step counter in the graph, so a resumed run (which
         restores the optimizer) continues the ramp where it stopped."""
-        if not self.kl_warmup_steps or self.optimizer is None:
-            return ops.convert_to_tensor(self.beta, "float32")
-        progress = ops.cast(self.optimizer.iterations, "float32") / self.kl_warmup_steps
-        return self.beta * ops.minimum(progress, 1.0)
+        w = self.loss_weights
+        if not w.kl_warmup_steps or self.optimizer is None:
+            return ops.convert_to_tensor(w.beta, "float32")
+        progress = ops.cast(self.optimizer.iterations, "float32") / w.kl_warmup_steps
+        return w.beta * ops.minimum(progress, 1.0)
 
     @property
     def helpers(self) -> list[keras.Model]:
@@ -152,32 +164,33 @@ class CVAE(keras.Model):
 
     def _update(self, images, condition, training):
         """Update the trackers; return the model's objective and the helpers' (batch means)."""
+        w = self.loss_weights
         condition = ops.cast(condition, "float32")
         nll, kl, mse, z_mean, z, edges = self._terms(images, condition, training)
         xcov = cross_correlation(z_mean, condition)
         # trackers take per-image values, so an epoch's metric is a mean over images
         # (a short last batch counts for what it holds) and replicas' shares add up
         kl_weight = self.kl_weight()
-        per_image_loss = nll + kl_weight * kl + self.xcov_weight * xcov + self.edge_weight * edges
+        per_image_loss = nll + kl_weight * kl + w.xcov * xcov + w.edge * edges
         # The objectives are sums of the terms' batch means, not means of per-image sums (the
         # same number): the gradient of a per-image sum reads the shapes of all its terms, so
         # with a batch of unknown size every term's gradient waited for the last term to be
         # computed; the decoder's and the critic's backward passes then idled a core while the
         # steer term's decoder and critic ran (a training step 1-2% longer on a 2-core CPU)
-        loss = (ops.mean(nll) + kl_weight * ops.mean(kl) + self.xcov_weight * xcov
-                + self.edge_weight * ops.mean(edges))
+        loss = (ops.mean(nll) + kl_weight * ops.mean(kl) + w.xcov * xcov
+                + w.edge * ops.mean(edges))
         critic_loss = ops.zeros(())
         if self.critic is not None:
             steer, critic_real, critic_fake = self._steer_terms(images, condition, z, training)
-            per_image_loss = per_image_loss + self.steer_weight * steer
-            loss = loss + self.steer_weight * ops.mean(steer)
-            critic_loss = ops.mean(critic_real) + self.critic_fake_weight * ops.mean(critic_fake)
+            per_image_loss = per_image_loss + w.steer * steer
+            loss = loss + w.steer * ops.mean(steer)
+            critic_loss = ops.mean(critic_real) + w.critic_fake * ops.mean(critic_fake)
             self.steer_tracker.update_state(steer)
             self.critic_tracker.update_state(critic_real)
         if self.adversary is not None:
             read, unreadable = self._adversary_terms(z_mean, condition, training)
-            per_image_loss = per_image_loss + self.adversary_weight * unreadable
-            loss = loss + self.adversary_weight * ops.mean(unreadable)
+            per_image_loss = per_image_loss + w.adversary * unreadable
+            loss = loss + w.adversary * ops.mean(unreadable)
             critic_loss = critic_loss + ops.mean(read)
             self.adversary_tracker.update_state(read)
         self.loss_tracker.update_state(per_image_loss)
@@ -203,7 +216,8 @@ class CVAE(keras.Model):
         where the judge saw 42%, and the steer term had nothing left to teach."""
         target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
         edited = self.decoder([ops.stop_gradient(z), target], training=training)
-        mask = ops.convert_to_tensor(self.steer_mask, "float32")
+        w = self.loss_weights
+        mask = ops.convert_to_tensor(w.steer_mask or [1.0] * self.n_attributes, "float32")
 
         def cross_entropy(logits, attributes):
             labels = (attributes + 1.0) / 2.0  # -1/+1 to 0/1
@@ -214,7 +228,7 @@ class CVAE(keras.Model):
         edited_logits = self.critic(edited, training=training)
         steer = cross_entropy(edited_logits, target)
         critic_real = cross_entropy(self.critic(real, training=training), condition)
-        if not self.critic_fake_weight:
+        if not w.critic_fake:
             return steer, critic_real, ops.zeros_like(critic_real)
         # the steer term's critic pass serves the lesson too (one pass fewer per step): the
         # lesson is differentiated for the critic's weights alone (train_step), so nothing of
@@ -310,34 +324,27 @@ class CVAE(keras.Model):
         return self.decoder([z, condition])
 
     def get_config(self):
+        def serialized(network):
+            return None if network is None else keras.saving.serialize_keras_object(network)
+
         return {
             **super().get_config(),
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "decoder": keras.saving.serialize_keras_object(self.decoder),
-            "beta": self.beta,
-            "decoder_std": self.decoder_std,
+            "encoder": serialized(self.encoder),
+            "decoder": serialized(self.decoder),
+            "loss_weights": dataclasses.asdict(self.loss_weights),
+            "critic": serialized(self.critic),
+            "adversary": serialized(self.adversary),
             "seed": self.seed,
             "attribute_names": self.attribute_names,
             "attribute_table_rows": self.attribute_table.shape[0],
-            "kl_warmup_steps": self.kl_warmup_steps,
-            "xcov_weight": self.xcov_weight,
-            "edge_weight": self.edge_weight,
-            "critic": None if self.critic is None else keras.saving.serialize_keras_object(self.critic),
-            "steer_weight": self.steer_weight,
-            "steer_mask": self.steer_mask,
-            "critic_fake_weight": self.critic_fake_weight,
-            "adversary": None if self.adversary is None else keras.saving.serialize_keras_object(self.adversary),
-            "adversary_weight": self.adversary_weight,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        config["decoder"] = keras.saving.deserialize_keras_object(config["decoder"])
-        for helper in ("critic", "adversary"):
-            if config.get(helper) is not None:
-                config[helper] = keras.saving.deserialize_keras_object(config[helper])
+        for network in ("encoder", "decoder", "critic", "adversary"):
+            if config.get(network) is not None:
+                config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
 
 
@@ -386,34 +393,22 @@ def edge_difference(images, reconstruction):
 
 
 def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_dim: int,
-               beta: float, decoder_std: float, seed: int | None = None,
+               loss_weights: LossWeights = LossWeights(), seed: int | None = None,
                attribute_names: list[str] | None = None, attribute_rows=None,
-               kl_warmup_steps: int = 0, xcov_weight: float = 0.0, edge_weight: float = 0.0,
-               steer_weight: float = 0.0, steer_mask: list[float] | None = None,
-               critic_fake_weight: float = 0.0, upsampling: str = "transposed",
-               adversary_weight: float = 0.0) -> CVAE:
+               upsampling: str = "transposed") -> CVAE:
     """`attribute_rows`: training attribute rows (-1/+1) to keep with the model. A
-    positive `steer_weight` adds the critic and its steer term, a positive
-    `adversary_weight` the latent adversary and its term. `upsampling`: the decoder's
-    (cvae.model.networks.build_decoder)."""
+    positive steer weight adds the critic, a positive adversary weight the latent
+    adversary. `upsampling`: the decoder's (cvae.model.networks.build_decoder)."""
     rows = 0 if attribute_rows is None else len(attribute_rows)
     model = CVAE(
         build_encoder(image_size, n_attributes, filters, latent_dim),
         build_decoder(image_size, n_attributes, filters, latent_dim, upsampling),
-        beta=beta,
-        decoder_std=decoder_std,
+        loss_weights=loss_weights,
+        critic=build_critic(image_size, n_attributes, filters[:-1] or filters) if loss_weights.steer > 0 else None,
+        adversary=build_adversary(latent_dim, n_attributes) if loss_weights.adversary > 0 else None,
         seed=seed,
         attribute_names=attribute_names,
         attribute_table_rows=rows,
-        kl_warmup_steps=kl_warmup_steps,
-        xcov_weight=xcov_weight,
-        edge_weight=edge_weight,
-        critic=build_critic(image_size, n_attributes, filters[:-1] or filters) if steer_weight > 0 else None,
-        steer_weight=steer_weight,
-        steer_mask=steer_mask,
-        critic_fake_weight=critic_fake_weight,
-        adversary=build_adversary(latent_dim, n_attributes) if adversary_weight > 0 else None,
-        adversary_weight=adversary_weight,
     )
     if rows:
         model.attribute_table.assign(ops.convert_to_tensor(attribute_rows, "float32"))

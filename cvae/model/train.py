@@ -39,7 +39,7 @@ from cvae.data.dataset import (
     tf_dataset,
     without_autotune_thread,
 )
-from cvae.model.cvae import CVAE, build_cvae
+from cvae.model.cvae import CVAE, LossWeights, build_cvae
 from cvae.model.optimizer import FusedAdam
 
 HISTORY_FILE = "history.csv"
@@ -117,19 +117,21 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
         n_attributes=len(train_split.attribute_names),
         filters=p.filters,
         latent_dim=p.latent_dim,
-        beta=p.beta,
-        decoder_std=p.decoder_std,
+        loss_weights=LossWeights(
+            beta=p.beta,
+            decoder_std=p.decoder_std,
+            kl_warmup_steps=round(p.kl_warmup_epochs * steps_per_epoch),
+            xcov=p.xcov_weight,
+            edge=p.edge_weight,
+            steer=p.steer_weight,
+            critic_fake=p.critic_fake_weight,
+            adversary=p.adversary_weight,
+            steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
+        ),
         seed=params.seed,
         attribute_names=train_split.attribute_names,
         attribute_rows=attribute_sample(train_split.attributes, params.seed),
-        kl_warmup_steps=round(p.kl_warmup_epochs * steps_per_epoch),
-        xcov_weight=p.xcov_weight,
-        edge_weight=p.edge_weight,
-        steer_weight=p.steer_weight,
-        steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
-        critic_fake_weight=p.critic_fake_weight,
         upsampling=p.upsampling,
-        adversary_weight=p.adversary_weight,
     )
 
 
