@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from cvae.core.errors import CvaeError
+from cvae.model import speedups
 from cvae.model.files import first_line, require_keras_file, saved_class_name
 from cvae.model.networks import PACKAGE, build_adversary, build_critic, build_decoder, build_encoder
 
@@ -168,32 +169,27 @@ class CVAE(keras.Model):
         condition = ops.cast(condition, "float32")
         nll, kl, mse, z_mean, z, edges = self._terms(images, condition, training)
         xcov = cross_correlation(z_mean, condition)
-        # trackers take per-image values, so an epoch's metric is a mean over images
-        # (a short last batch counts for what it holds) and replicas' shares add up
+        # The objectives are sums of the terms' batch means: the gradient of a per-image sum
+        # reads the shapes of all its terms, so with a batch of unknown size every term's
+        # gradient waited for the last term to be computed (a training step 1-2% longer on
+        # a 2-core CPU)
         kl_weight = self.kl_weight()
-        per_image_loss = nll + kl_weight * kl + w.xcov * xcov + w.edge * edges
-        # The objectives are sums of the terms' batch means, not means of per-image sums (the
-        # same number): the gradient of a per-image sum reads the shapes of all its terms, so
-        # with a batch of unknown size every term's gradient waited for the last term to be
-        # computed; the decoder's and the critic's backward passes then idled a core while the
-        # steer term's decoder and critic ran (a training step 1-2% longer on a 2-core CPU)
-        loss = (ops.mean(nll) + kl_weight * ops.mean(kl) + w.xcov * xcov
-                + w.edge * ops.mean(edges))
+        loss = ops.mean(nll) + kl_weight * ops.mean(kl) + w.xcov * xcov + w.edge * ops.mean(edges)
         critic_loss = ops.zeros(())
         if self.critic is not None:
             steer, critic_real, critic_fake = self._steer_terms(images, condition, z, training)
-            per_image_loss = per_image_loss + w.steer * steer
             loss = loss + w.steer * ops.mean(steer)
             critic_loss = ops.mean(critic_real) + w.critic_fake * ops.mean(critic_fake)
             self.steer_tracker.update_state(steer)
             self.critic_tracker.update_state(critic_real)
         if self.adversary is not None:
             read, unreadable = self._adversary_terms(z_mean, condition, training)
-            per_image_loss = per_image_loss + w.adversary * unreadable
             loss = loss + w.adversary * ops.mean(unreadable)
             critic_loss = critic_loss + ops.mean(read)
             self.adversary_tracker.update_state(read)
-        self.loss_tracker.update_state(per_image_loss)
+        # trackers are weighted by images, so an epoch's metric is a mean over images (a
+        # short last batch counts for what it holds) and replicas' shares add up
+        self.loss_tracker.update_state(loss, sample_weight=ops.cast(ops.shape(nll)[0], "float32"))
         self.neg_elbo_tracker.update_state(nll + kl)
         self.mse_tracker.update_state(mse)
         self.kl_tracker.update_state(kl)
@@ -285,32 +281,9 @@ class CVAE(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def make_train_function(self, force=False):
-        """Keras's, but where a call runs several steps on one device without XLA, they run
-        as a sequence of calls of the compiled step written out in Python.
-
-        Keras runs them in a loop in the graph (a while loop, a cond around each step),
-        and each turn of that loop first hands the hundreds of variables and constants the
-        step captures to the new turn: on a CPU that held one core for about a millisecond
-        a step (the profiler's trace: the executor busy with the loop's own ops while the
-        other core had nothing ready). The step is a function TensorFlow keeps whole
-        (`_noinline`), so the call's graph holds one copy of it, not ten to optimise.
-        Unlike Keras's loop, a call cannot stop early when the data run out: an epoch must
-        hold whole calls, which `cvae.model.train.steps_per_execution` sees to."""
-        if self.train_function is not None and not force:
-            return self.train_function
-        if self.steps_per_execution == 1 or self.jit_compile or self.distribute_strategy.num_replicas_in_sync > 1:
-            return super().make_train_function(force)
-        step = tf.function(self.train_step, experimental_attributes={"_noinline": True})
-        per_call = self.steps_per_execution
-
-        @tf.function
-        def train_steps(iterator):
-            for _ in range(per_call):
-                logs = step(next(iterator))
-            return logs
-
-        self.train_function = train_steps
-        return train_steps
+        if self.train_function is None or force:
+            self.train_function = speedups.unrolled_train_function(self)
+        return self.train_function or super().make_train_function(force)
 
     def test_step(self, data):
         images, condition = data

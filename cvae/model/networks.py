@@ -8,11 +8,11 @@ the encoder can put them into z.
 from __future__ import annotations
 
 import keras
-import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
-PACKAGE = "cvae"
+from cvae.model import speedups
+
+PACKAGE = speedups.PACKAGE
 UPSAMPLING = ("transposed", "resize")  # how the decoder doubles a feature map's side
 
 
@@ -56,99 +56,21 @@ class FiLM(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ShiftPerImage(layers.Layer):
-    """Adds one offset per image and channel to every position of a feature map.
+    """Adds one offset per image and channel to every position of a feature map, and the
+    bias of the convolution before it (built without one), in one pass."""
 
-    `channels`: the layer holds the bias of the convolution before it (built without one)
-    and adds it with the offset in one pass (0: none; models saved before it had one)."""
-
-    def __init__(self, channels: int = 0, **kwargs):
+    def __init__(self, channels: int, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
 
     def build(self, features_shape, shift_shape):
-        if self.channels:
-            self.bias = self.add_weight(shape=(self.channels,), initializer="zeros", name="bias")
+        self.bias = self.add_weight(shape=(self.channels,), initializer="zeros", name="bias")
 
     def call(self, features, shift):
-        if self.channels:
-            shift = shift + self.bias
-        # The offsets spread over the map by a matrix product with a 0/1 matrix, then added
-        # to the flat map: the same numbers (each output sums one offset and zeros). Added
-        # by broadcasting, 3 channels made the add a slow strided loop on a CPU: 0.73 ms on a
-        # batch of 32 faces at 64 px against 0.29, and its gradient 0.51 against 0.42 (one thread).
-        _, height, width, channels = features.shape
-        spread = ops.convert_to_tensor(np.tile(np.eye(channels), (1, height * width)), shift.dtype)
-        flat = ops.reshape(features, (-1, height * width * channels)) + ops.matmul(shift, spread)
-        return ops.reshape(flat, (-1, height, width, channels))
+        return speedups.add_per_image(features, shift + self.bias)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
-
-
-# Which tap of a 4x4, stride-2, "same" transposed convolution's kernel each output phase
-# reads at input offsets -1, 0, +1 along one axis (None: none): an even output pixel 2m
-# sums input m-1 (tap 3) and m (tap 1), an odd one 2m+1 sums m (tap 2) and m+1 (tap 0).
-_PHASE_TAPS = ((3, 1, None), (None, 2, 0))
-
-
-def _phase_gather_index() -> np.ndarray:
-    """Index (3, 3, 4) into the kernel's 16 taps (16: a zero) of the 3x3 kernel of each
-    of the four output phases, in depth_to_space's order (row phase, then column phase)."""
-    index = np.full((3, 3, 4), 16)
-    for phase, (row, column) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-        for dy in range(3):
-            for dx in range(3):
-                ky, kx = _PHASE_TAPS[row][dy], _PHASE_TAPS[column][dx]
-                if ky is not None and kx is not None:
-                    index[dy, dx, phase] = ky * 4 + kx
-    return index
-
-
-_PHASE_INDEX = _phase_gather_index()
-
-
-@tf.custom_gradient
-def _phase_transposed_convolution(inputs, kernel):
-    """conv2d_transpose(inputs, kernel) for a (4, 4, out, in) kernel, stride 2, "same":
-    forward as one stride-1 3x3 convolution to the four output phases, then
-    depth_to_space; backward as TensorFlow's own gradients of the transposed convolution."""
-    out_channels, in_channels = kernel.shape[2], kernel.shape[3]
-    taps = ops.concatenate([ops.reshape(ops.transpose(kernel, (0, 1, 3, 2)), (16, in_channels, out_channels)),
-                            ops.zeros((1, in_channels, out_channels), kernel.dtype)], axis=0)
-    phases = ops.reshape(ops.transpose(ops.take(taps, _PHASE_INDEX, axis=0), (0, 1, 3, 2, 4)),
-                         (3, 3, in_channels, 4 * out_channels))
-    outputs = tf.nn.depth_to_space(tf.nn.conv2d(inputs, phases, 1, "SAME"), 2)
-
-    def gradient(upstream):
-        return (tf.nn.conv2d(upstream, kernel, 2, "SAME"),
-                tf.compat.v1.nn.conv2d_backprop_filter(upstream, tf.shape(kernel), inputs, [1, 2, 2, 1], "SAME"))
-
-    return outputs, gradient
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class PhaseConv2DTranspose(layers.Conv2DTranspose):
-    """A 4x4, stride-2, "same" Conv2DTranspose without bias (the same weights and
-    function), whose forward pass runs as a forward convolution.
-
-    On a CPU oneDNN computes a transposed convolution with its backward-data kernel, which
-    for 3 output channels runs at a quarter of the speed of the forward convolution of its
-    gradient: the decoder's output layer took 4.0 ms forward and 5.6 ms forward and
-    backward on a batch of 32 at 64 px, this one 2.4 and 3.7 ms (one thread). The 3x3
-    kernel of the phases holds a quarter zeros (9 taps where each phase needs 4), so the
-    other layers, with more channels, are faster as plain transposed convolutions."""
-
-    def build(self, input_shape):
-        if (tuple(self.kernel_size), tuple(self.strides), self.padding, self.use_bias, self.data_format) != (
-                (4, 4), (2, 2), "same", False, "channels_last"):
-            raise ValueError(f"{self.name}: PhaseConv2DTranspose is 4x4, stride 2, 'same', channels last, no bias")
-        super().build(input_shape)
-
-    def call(self, inputs):
-        # the kernel read here, outside: a custom gradient must not see the variable itself
-        kernel = tf.identity(ops.cast(self.kernel, self.compute_dtype))
-        outputs = _phase_transposed_convolution(ops.convert_to_tensor(inputs), kernel)
-        return outputs if self.activation is None else self.activation(outputs)
 
 
 def build_encoder(image_size: int, n_attributes: int, filters: list[int], latent_dim: int) -> keras.Model:
@@ -199,7 +121,7 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
         x = layers.LeakyReLU(0.2)(x)
     # the output end in float32 under mixed precision too: the likelihood reads these pixels
     if upsampling == "transposed":
-        logits = PhaseConv2DTranspose(3, 4, strides=2, padding="same", use_bias=False, dtype="float32")(x)
+        logits = speedups.output_transposed_convolution(3, dtype="float32")(x)
     else:
         logits = _doubling(x, 3, upsampling, dtype="float32")
     # A direct path from (z, c) to one colour offset per image: global colour and lighting

@@ -39,8 +39,8 @@ from cvae.data.dataset import (
     tf_dataset,
     without_autotune_thread,
 )
+from cvae.model import speedups
 from cvae.model.cvae import CVAE, LossWeights, build_cvae
-from cvae.model.optimizer import FusedAdam
 
 HISTORY_FILE = "history.csv"
 ATTRIBUTE_TABLE_ROWS = 4096  # training attribute rows kept in the model for `cvae generate`
@@ -159,7 +159,7 @@ def make_optimizer(p: TrainParams, steps_per_epoch: int) -> keras.optimizers.Opt
         learning_rate = keras.optimizers.schedules.CosineDecay(
             p.learning_rate, decay_steps=p.epochs * steps_per_epoch, alpha=p.lr_min_fraction
         )
-    return FusedAdam(learning_rate, global_clipnorm=p.clip_norm)
+    return speedups.adam(learning_rate, global_clipnorm=p.clip_norm)
 
 
 # The most training steps Keras runs per call into the compiled graph. One call per step
