@@ -72,6 +72,7 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 bench: setup $(VENV)/.bench-installed
 	$(VENV)/bin/python benchmarks/data_pipeline.py
 	$(VENV)/bin/python benchmarks/training_throughput.py
+	$(VENV)/bin/python benchmarks/cpu_speedups.py
 
 clean:
 	rm -rf $(VENV) $(DVC_VENV) $(UV_VENV)

@@ -108,10 +108,10 @@ def main() -> None:
         print(json.dumps(turn(args.turn, args.prepared, args.warmup, args.steps)))
         return
     images, rounds, warmup, steps = (400, 1, 4, 6) if args.quick else (2000, 3, 10, 40)
-    names = contenders()
-    rates: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="cvae-bench-speedups-") as scratch:
-        prepared = prepared_faces(Path(scratch), images)
+        prepared = prepared_faces(Path(scratch), images)  # before TensorFlow loads: it forks workers
+        names = contenders()
+        rates: dict[str, list[float]] = {name: [] for name in names}
         for number in range(rounds):
             for name in names:
                 result = subprocess.run([sys.executable, __file__, "--turn", name, "--prepared", str(prepared),

@@ -484,7 +484,7 @@ def memory(work: Path, sets: dict[int, Path], memory_settings: list[str]) -> lis
                  "--checkpoints", out / "checkpoints", *settings]
         runs = [("train, 1 epoch", train)]
         if images == smallest:
-            # one judge for every size: trained once, on the smallest set
+            # one classifier for every size: trained once, on the smallest set
             runs.append(("train-classifier, 1 epoch", [
                 "train-classifier", "--prepared", prepared, "--model", classifier,
                 "--report", out / "classifier.json", *settings]))

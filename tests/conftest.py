@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cvae.config import Params, params_from_dict
-from cvae.synthetic import generate
+from cvae.core.config import Params, params_from_dict
+from cvae.source.synthetic import generate
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -39,7 +39,7 @@ def pytest_configure(config):
     # TensorFlow in the tests' own processes runs on the threads `cvae train` sets, so that
     # a run resumed in process continues one that a `cvae train` subprocess started bit for
     # bit: oneDNN's sums depend on how an op is split over threads
-    from cvae.train import configure_cpu_threads
+    from cvae.model.train import configure_cpu_threads
 
     configure_cpu_threads()
 
@@ -76,9 +76,9 @@ def prepare_data(out: Path, params: Params, raw: Path, validate: bool = False,
     10 s of Great Expectations; compared with, and written to, `baseline` if given);
     without, a passing report stands in for it, for tests that need prepared data and not
     its validation."""
-    from cvae.prepare import prepare
-    from cvae.validation import validate as run_validation
-    from cvae.validation_report import SUMMARY_FILE
+    from cvae.data.prepare import prepare
+    from cvae.validation.report import SUMMARY_FILE
+    from cvae.validation.validate import validate as run_validation
 
     if validate:
         run_validation(params, raw, out / "validation", baseline)
@@ -89,16 +89,21 @@ def prepare_data(out: Path, params: Params, raw: Path, validate: bool = False,
 
 
 # The tiny model of the model-level tests: 16 px, three attributes, two conv blocks.
-TINY_CVAE = {"image_size": 16, "n_attributes": 3, "filters": [8, 16], "latent_dim": 4, "beta": 1.0,
-             "decoder_std": 0.1, "seed": 0}
+TINY_CVAE = {"image_size": 16, "n_attributes": 3, "filters": [8, 16], "latent_dim": 4, "seed": 0}
+TINY_LOSS_WEIGHTS = {"beta": 1.0, "decoder_std": 0.1}
 
 
 def tiny_cvae(**overrides):
-    """An untrained tiny CVAE: `cvae.model.build_cvae` with TINY_CVAE, and `overrides`
-    (any of its keyword arguments) applied."""
-    from cvae.model import build_cvae
+    """An untrained tiny CVAE: `cvae.model.cvae.build_cvae` with TINY_CVAE and
+    TINY_LOSS_WEIGHTS, and `overrides` (its keyword arguments, or LossWeights' fields)."""
+    import dataclasses
 
-    return build_cvae(**{**TINY_CVAE, **overrides})
+    from cvae.model.cvae import LossWeights, build_cvae
+
+    fields = {field.name for field in dataclasses.fields(LossWeights)}
+    weights = {**TINY_LOSS_WEIGHTS, **{key: value for key, value in overrides.items() if key in fields}}
+    rest = {key: value for key, value in overrides.items() if key not in fields}
+    return build_cvae(**{**TINY_CVAE, **rest}, loss_weights=LossWeights(**weights))
 
 
 def digest(root: Path) -> str:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cvae.attributes import check_names, chosen, figure_choices, most_balanced, named_attributes
-from cvae.config import params_from_dict
-from cvae.errors import CvaeError
+from cvae.core.attributes import check_names, chosen, figure_choices, most_balanced, named_attributes
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
 
 NAMES = ["Rare", "Even", "Common", "Nearly_Even"]
 # shares of +1: 0.1, 0.5, 0.9, 0.4 (Rare and Common equally far from one half)

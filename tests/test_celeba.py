@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cvae.celeba import CELEBA_ATTRIBUTES, load_attributes, read_attribute_frame, read_partition
-from cvae.errors import CvaeError
+from cvae.core.celeba import CELEBA_ATTRIBUTES, load_attributes, read_attribute_frame, read_partition
+from cvae.core.errors import CvaeError
 
 # The real file's shape: a count, names with a trailing space, right-aligned values
 # (two spaces before a 1), and CRLF line ends in some copies.

@@ -1,4 +1,4 @@
-"""The judge learns every attribute of the data from the images and keeps it through a
+"""The classifier learns every attribute of the data from the images and keeps it through a
 save and a safe-mode load."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cvae.classifier import build_classifier, load_classifier, predict_attributes
+from cvae.quality.classifier import build_classifier, load_classifier, predict_attributes
 
 SIZE = 8
 
@@ -20,7 +20,7 @@ def bright_and_red(n: int):
     return np.clip(images, 0, 1), np.where(labels, 1.0, -1.0).astype(np.float32)
 
 
-def test_the_judge_reads_every_attribute_and_survives_a_safe_load(tmp_path):
+def test_the_classifier_reads_every_attribute_and_survives_a_safe_load(tmp_path):
     images, labels = bright_and_red(128)
     keras.utils.set_random_seed(0)
     judge = build_classifier(SIZE, ["Bright", "Red"], [4])

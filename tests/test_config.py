@@ -1,8 +1,8 @@
 import pytest
 
 from cvae.cli import main
-from cvae.config import load_params
-from cvae.errors import CvaeError
+from cvae.core.config import load_params
+from cvae.core.errors import CvaeError
 
 
 def write(tmp_path, text):
@@ -62,7 +62,7 @@ def test_cli_reports_bad_params_without_traceback(tmp_path, capsys):
 def test_params_yaml_holds_exactly_the_codes_defaults():
     import yaml
 
-    from cvae.config import Params
+    from cvae.core.config import Params
 
     written = yaml.safe_load(open("params.yaml").read())
     defaults = Params().model_dump(by_alias=True, mode="json")

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from cvae.celeba import ATTRIBUTE_FILE
+from cvae.core.celeba import ATTRIBUTE_FILE
 from orchestration.assets import OWNERS, STAGE_ASSETS, VALIDATION_CHECK, WARNINGS_CHECK, build_stage_assets
 from orchestration.definitions import defs
 from orchestration.dvc_pipeline import DvcProject, read_stages

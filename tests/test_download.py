@@ -16,14 +16,14 @@ import pytest
 import yaml
 from PIL import Image
 
-import cvae.download
-import cvae.fetch
-from cvae.archive import extract_zip
-from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, PARTITION_FILE, read_attribute_frame
-from cvae.config import params_from_dict
-from cvae.download import download
-from cvae.errors import CvaeError
-from cvae.synthetic import generate
+import cvae.source.download
+import cvae.source.http
+from cvae.core.celeba import ATTRIBUTE_FILE, IMAGE_DIR, PARTITION_FILE, read_attribute_frame
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.source.archive import extract_zip
+from cvae.source.download import download
+from cvae.source.synthetic import generate
 from tests.conftest import BIN, tiny_params_dict
 from tests.http_server import FileServer, Served
 
@@ -32,7 +32,7 @@ ZIP = "application/zip"
 
 @pytest.fixture(autouse=True)
 def no_retry_delays(monkeypatch):
-    monkeypatch.setattr(cvae.fetch, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(cvae.source.http, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -348,10 +348,10 @@ def test_a_partial_file_of_a_file_since_changed_is_not_resumed_by_last_modified(
     target = tmp_path / "downloads" / "data.bin"
     with FileServer(files, send_etag=False, cut_after=1000, cuts=None, honour_range=False) as server:
         with pytest.raises(CvaeError, match="download failed"):
-            cvae.fetch.fetch(server.url("/data.bin"), target)
+            cvae.source.http.fetch(server.url("/data.bin"), target)
         server.cut_after, server.honour_range = None, True  # the line is good again
         server.files["/data.bin"] = Served(new, last_modified="Tue, 04 Nov 2025 02:00:00 GMT")
-        cvae.fetch.fetch(server.url("/data.bin"), target)
+        cvae.source.http.fetch(server.url("/data.bin"), target)
     assert server.requests[-1][1]["If-Range"] == "Mon, 03 Nov 2025 02:00:00 GMT"
     assert target.read_bytes() == new  # not the old file's first 1000 bytes and the rest of the new one
 
@@ -412,9 +412,9 @@ def official_files(celeba_dir, tmp_path) -> dict[str, bytes]:
 
 def test_celeba_from_a_mirror(tmp_path, raw, celeba_dir, official_files, monkeypatch):
     # the real MD5s cannot match tiny stand-ins: swap in theirs
-    monkeypatch.setattr(cvae.download, "CELEBA_FILES", tuple(
+    monkeypatch.setattr(cvae.source.download, "CELEBA_FILES", tuple(
         dataclasses.replace(file, md5=hashlib.md5(official_files[file.name]).hexdigest())
-        for file in cvae.download.CELEBA_FILES
+        for file in cvae.source.download.CELEBA_FILES
     ))
     served = {f"/celeba/{name}": Served(body, "text/plain") for name, body in official_files.items()}
     with FileServer(served) as server:
@@ -436,9 +436,9 @@ def test_celeba_files_are_checked_against_the_official_md5s(tmp_path, raw, offic
 def test_celeba_html_page_from_google_drive_says_how_to_go_on(tmp_path, raw, monkeypatch):
     page = Served(b"<html><body>Google Drive can't scan this file for viruses.</body></html>",
                   "text/html; charset=utf-8")
-    files = {f"/uc?id={file.drive_id}": page for file in cvae.download.CELEBA_FILES}
+    files = {f"/uc?id={file.drive_id}": page for file in cvae.source.download.CELEBA_FILES}
     with FileServer(files) as server:
-        monkeypatch.setattr(cvae.download, "GOOGLE_DRIVE_URL", server.url("/uc?id={file_id}"))
+        monkeypatch.setattr(cvae.source.download, "GOOGLE_DRIVE_URL", server.url("/uc?id={file_id}"))
         with pytest.raises(CvaeError) as error:
             download(make_params(tmp_path, source="celeba"), raw)
     message = str(error.value)

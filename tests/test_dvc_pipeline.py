@@ -10,10 +10,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from cvae.config import load_params
-from cvae.celeba import ATTRIBUTE_FILE, CELEBA_ATTRIBUTES, load_attributes
+from cvae.core.celeba import ATTRIBUTE_FILE, CELEBA_ATTRIBUTES, load_attributes
+from cvae.core.config import load_params
 from cvae.figures import CAPTIONS, SHOWS_KEY
-from cvae.synthetic import VISIBLE_ATTRIBUTES
+from cvae.source.synthetic import VISIBLE_ATTRIBUTES
 from tests.conftest import BIN, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
 # every test here runs `dvc repro` (all of it, or a part) in a fresh project: minutes each

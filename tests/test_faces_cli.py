@@ -14,11 +14,11 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from cvae.celeba import Attributes, write_attributes
-from cvae.classifier import build_classifier, load_classifier, predict_attributes
 from cvae.cli import main
-from cvae.dataset import to_unit_range
-from cvae.prepare import load_square
+from cvae.core.celeba import Attributes, write_attributes
+from cvae.data.dataset import to_unit_range
+from cvae.data.prepare import load_square
+from cvae.quality.classifier import build_classifier, load_classifier, predict_attributes
 from tests.conftest import BIN, tiny_cvae
 
 NAMES = ["Bald", "Blond_Hair", "Smiling", "Eyeglasses"]

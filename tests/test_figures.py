@@ -12,11 +12,11 @@ from PIL import Image
 keras = pytest.importorskip("keras")
 
 from cvae.cli import main
-from cvae.config import params_from_dict
-from cvae.dataset import load_split
-from cvae.errors import CvaeError
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.data.dataset import load_split
 from cvae.figures import CAPTIONS, CONDITIONAL, CURVES, EDITS, INTERPOLATION, LABEL_WIDTH, visualize
-from cvae.train import HISTORY_FILE
+from cvae.model.train import HISTORY_FILE
 from tests.conftest import prepare_data, tiny_cvae, tiny_params_dict
 
 SIZE, GAP = 16, 2

@@ -1,8 +1,8 @@
 import pytest
 from PIL import Image
 
-from cvae.celeba import IMAGE_DIR
-from cvae.image_checks import ImageCheck, check_image, check_images
+from cvae.core.celeba import IMAGE_DIR
+from cvae.validation.images import ImageCheck, check_image, check_images
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from cvae.errors import CvaeError
-from cvae.model import CVAE, load_cvae
+from cvae.core.errors import CvaeError
+from cvae.model.cvae import CVAE, LossWeights, load_cvae
 from tests.conftest import tiny_cvae
 
 
@@ -44,7 +46,7 @@ def test_the_decoder_uses_the_condition_at_every_stage(model):
 
 
 def test_the_decoders_convolutions_have_their_bias_added_per_image_by_the_next_layer(model, tmp_path):
-    from cvae.networks import FiLM, ShiftPerImage
+    from cvae.model.networks import FiLM, ShiftPerImage
 
     rng = np.random.default_rng(0)
     features, condition = rng.normal(size=(2, 4, 4, 5)).astype(np.float32), batch(2)[1]
@@ -68,33 +70,8 @@ def test_the_decoders_convolutions_have_their_bias_added_per_image_by_the_next_l
     carried = [layer for layer in model.decoder.layers if isinstance(layer, FiLM | ShiftPerImage)
                and getattr(layer, "bias", None) is not None]
     assert len(carried) == len(convolutions)
-    # layers saved before they carried a bias load as they were
-    assert not FiLM.from_config({"channels": 5}).carries_bias and not ShiftPerImage.from_config({}).channels
-
-
-def test_the_output_layer_computes_the_transposed_convolution_and_its_gradients(tmp_path):
-    import tensorflow as tf
-
-    from cvae.networks import PhaseConv2DTranspose
-
-    rng = np.random.default_rng(0)
-    inputs = tf.constant(rng.normal(size=(2, 5, 6, 4)).astype(np.float32))  # not square: rows and columns apart
-    phase = PhaseConv2DTranspose(3, 4, strides=2, padding="same", use_bias=False)
-    plain = keras.layers.Conv2DTranspose(3, 4, strides=2, padding="same", use_bias=False)
-    phase.build(inputs.shape), plain.build(inputs.shape)
-    plain.set_weights(phase.get_weights())
-    results = []
-    for layer in (phase, plain):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            outputs = layer(inputs)
-            loss = tf.reduce_sum(outputs * tf.cos(outputs))  # an upstream gradient that varies
-        results.append([outputs, *tape.gradient(loss, [inputs, layer.kernel])])
-    assert results[0][0].shape == (2, 10, 12, 3)
-    for ours, theirs in zip(*results):
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="4x4, stride 2"):
-        PhaseConv2DTranspose(3, 3, strides=2, padding="same", use_bias=False).build(inputs.shape)
+    # a FiLM saved without the convolution's bias loads as it was
+    assert not FiLM.from_config({"channels": 5}).carries_bias
 
 
 def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_path):
@@ -107,14 +84,14 @@ def test_one_epoch_lowers_the_loss_and_the_model_round_trips_in_safe_mode(tmp_pa
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = load_cvae(path)
-    assert isinstance(loaded, CVAE) and (loaded.beta, loaded.decoder_std) == (1.0, 0.1)
-    assert loaded.edge_weight == model.edge_weight
+    assert isinstance(loaded, CVAE) and loaded.loss_weights == model.loss_weights
+    assert (loaded.loss_weights.beta, loaded.loss_weights.decoder_std) == (1.0, 0.1)
     np.testing.assert_allclose(np.asarray(loaded([images[:4], condition[:4]])),
                                np.asarray(model([images[:4], condition[:4]])), atol=1e-6)
 
 
 def test_the_edge_term_charges_for_blur_and_wrong_textures_not_for_brightness():
-    from cvae.model import edge_difference
+    from cvae.model.cvae import edge_difference
 
     rows, columns = np.indices((16, 16))
     faces = np.stack([((rows // 4 + columns // 4) % 2).astype(np.float32)] * 3, axis=-1)[None] * 0.6 + 0.2
@@ -133,7 +110,7 @@ def test_the_edge_term_charges_for_blur_and_wrong_textures_not_for_brightness():
 
 
 def test_the_edge_term_is_the_squared_error_of_the_neighbour_differences_of_each_channel():
-    from cvae.model import edge_difference
+    from cvae.model.cvae import edge_difference
 
     rng = np.random.default_rng(0)
     faces, reconstructions = (rng.random((2, 8, 12, 3), dtype=np.float32) for _ in range(2))
@@ -148,7 +125,7 @@ def test_the_edge_term_enters_the_training_objective():
     losses = {}
     for weight in (0.0, 3.0):
         keras.utils.set_random_seed(0)  # the same initial weights for both
-        model = tiny_cvae(edge_weight=weight)
+        model = tiny_cvae(edge=weight)
         model.compile(optimizer=keras.optimizers.Adam(0.0))  # no step: both see the same weights
         losses[weight] = model.evaluate(images, condition, batch_size=32, verbose=0, return_dict=True)
     assert losses[0.0]["edges"] == pytest.approx(losses[3.0]["edges"]) and losses[0.0]["edges"] > 0
@@ -164,7 +141,7 @@ def test_loading_something_else_is_refused(tmp_path):
 
 
 def test_the_correlation_penalty_sees_attributes_copied_into_z():
-    from cvae.model import cross_correlation
+    from cvae.model.cvae import cross_correlation
 
     rng = np.random.default_rng(0)
     condition = rng.choice([-1.0, 1.0], size=(512, 3)).astype(np.float32)
@@ -180,7 +157,7 @@ def test_the_correlation_penalty_enters_the_training_objective():
     losses = {}
     for weight in (0.0, 1000.0):
         keras.utils.set_random_seed(0)  # the same initial weights for both
-        model = tiny_cvae(xcov_weight=weight)
+        model = tiny_cvae(xcov=weight)
         model.compile(optimizer=keras.optimizers.Adam(0.0))  # no step: both see the same weights
         losses[weight] = model.evaluate(images, condition, batch_size=32, verbose=0, return_dict=True)
     assert losses[0.0]["xcov"] == pytest.approx(losses[1000.0]["xcov"]) and losses[0.0]["xcov"] > 0
@@ -189,12 +166,12 @@ def test_the_correlation_penalty_enters_the_training_objective():
 
 def _steered(weight: float, mask=None, seed: int = 0, critic_fake_weight: float = 0.0) -> CVAE:
     """A tiny CVAE with its critic; the same initial weights for every weight and mask."""
-    from cvae.networks import build_critic, build_decoder, build_encoder
+    from cvae.model.networks import build_critic, build_decoder, build_encoder
 
     keras.utils.set_random_seed(seed)
-    return CVAE(build_encoder(16, 3, [8, 16], 4), build_decoder(16, 3, [8, 16], 4), beta=1.0, decoder_std=0.1,
-                seed=0, critic=build_critic(16, 3, [8]), steer_weight=weight, steer_mask=mask,
-                critic_fake_weight=critic_fake_weight)
+    weights = LossWeights(beta=1.0, decoder_std=0.1, steer=weight, steer_mask=mask, critic_fake=critic_fake_weight)
+    return CVAE(build_encoder(16, 3, [8, 16], 4), build_decoder(16, 3, [8, 16], 4), weights,
+                critic=build_critic(16, 3, [8]), seed=0)
 
 
 def _one_step(model: CVAE, images, condition) -> dict[str, list[np.ndarray]]:
@@ -225,7 +202,7 @@ def test_the_steer_term_enters_the_objective_only_for_the_masked_attributes():
 def test_the_objectives_are_the_batch_means_of_what_the_trackers_report():
     images, condition = batch(32)
     model = _steered(50.0, critic_fake_weight=2.0)
-    model.edge_weight, model.xcov_weight = 3.0, 100.0
+    model.loss_weights = dataclasses.replace(model.loss_weights, edge=3.0, xcov=100.0)
     steer_terms, seen = model._steer_terms, {}
 
     def recorded_steer_terms(*args, **kwargs):
@@ -287,7 +264,8 @@ def test_a_steered_model_round_trips_with_its_critic(tmp_path):
     images, _ = batch(2)
     model.save(tmp_path / "m.keras")
     loaded = load_cvae(tmp_path / "m.keras")
-    assert (loaded.steer_weight, loaded.steer_mask, loaded.critic_fake_weight) == (5.0, [1.0, 0.0, 1.0], 2.0)
+    w = loaded.loss_weights
+    assert (w.steer, w.steer_mask, w.critic_fake) == (5.0, (1.0, 0.0, 1.0), 2.0)
     np.testing.assert_allclose(np.asarray(loaded.critic(images)), np.asarray(model.critic(images)), atol=1e-6)
 
 
@@ -310,8 +288,8 @@ def test_a_colour_shared_by_every_pixel_is_learnt_in_three_epochs():
 
 def test_the_critic_reads_pixels_centred_on_mid_grey():
     """A mid-grey face reaches the critic's convolutions as zeros (pixels centred to [-1, 1],
-    as in the encoder and the judge), so its logits are the output layer's bias alone."""
-    from cvae.networks import build_critic
+    as in the encoder and the classifier), so its logits are the output layer's bias alone."""
+    from cvae.model.networks import build_critic
 
     keras.utils.set_random_seed(0)
     critic = build_critic(16, 3, [8, 16])
@@ -325,7 +303,7 @@ def test_the_critic_reads_pixels_centred_on_mid_grey():
 def test_the_critic_is_blind_to_a_pattern_alternating_from_pixel_to_pixel():
     """The critic reads 2x2 means, which cancel a texture at the pixel grid's frequency (so
     the steer term cannot be satisfied by one), and still sees a shape drawn as strongly."""
-    from cvae.networks import build_critic
+    from cvae.model.networks import build_critic
 
     keras.utils.set_random_seed(0)
     critic = build_critic(16, 3, [8, 16])
@@ -355,11 +333,12 @@ def test_a_resizing_decoder_has_no_transposed_convolution_and_round_trips(tmp_pa
 
 def _adversarial(weight: float, seed: int = 0) -> CVAE:
     """A tiny CVAE with its latent adversary; the same initial weights for every weight."""
-    from cvae.networks import build_adversary, build_decoder, build_encoder
+    from cvae.model.networks import build_adversary, build_decoder, build_encoder
 
     keras.utils.set_random_seed(seed)
-    return CVAE(build_encoder(16, 3, [8, 16], 4), build_decoder(16, 3, [8, 16], 4), beta=1.0, decoder_std=0.1,
-                seed=0, adversary=build_adversary(4, 3, width=16), adversary_weight=weight)
+    return CVAE(build_encoder(16, 3, [8, 16], 4), build_decoder(16, 3, [8, 16], 4),
+                LossWeights(beta=1.0, decoder_std=0.1, adversary=weight), adversary=build_adversary(4, 3, width=16),
+                seed=0)
 
 
 def test_the_adversarys_term_is_least_when_it_reads_from_z_only_the_batchs_share():
@@ -404,11 +383,11 @@ def test_the_encoder_learns_from_the_adversarys_term_and_the_adversary_only_from
 
 
 def test_a_model_with_a_latent_adversary_round_trips_with_it(tmp_path):
-    model = tiny_cvae(adversary_weight=7.0)
+    model = tiny_cvae(adversary=7.0)
     z = np.random.default_rng(0).standard_normal((2, 4)).astype("float32")
     model.save(tmp_path / "m.keras")
     loaded = load_cvae(tmp_path / "m.keras")
-    assert loaded.adversary_weight == 7.0 and loaded.critic is None
+    assert loaded.loss_weights.adversary == 7.0 and loaded.critic is None
     np.testing.assert_allclose(np.asarray(loaded.adversary(z)), np.asarray(model.adversary(z)), atol=1e-6)
     assert tiny_cvae(seed=None).adversary is None  # weight 0: no adversary to train
 
@@ -427,7 +406,7 @@ def test_the_adversary_makes_an_attribute_that_z_could_carry_follow_c():
     success = {}
     for weight in (0.0, 200.0):
         keras.utils.set_random_seed(0)
-        model = tiny_cvae(adversary_weight=weight)
+        model = tiny_cvae(adversary=weight)
         model.compile(optimizer=keras.optimizers.Adam(2e-3, global_clipnorm=1.0))
         model.fit(images, condition, batch_size=32, epochs=20, verbose=0, shuffle=False)
         z_mean = np.asarray(model.encoder([images, condition])[0])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvae.optimizer import FusedAdam
+from cvae.model.speedups import FusedAdam
 
 
 def run_steps(optimizer, steps: int = 5) -> list[np.ndarray]:

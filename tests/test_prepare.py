@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvae.celeba import IMAGE_DIR, read_partition
-from cvae.config import params_from_dict
-from cvae.dataset import load_split, tf_dataset, to_unit_range
-from cvae.errors import CvaeError
-from cvae.parallel import bounded_map
-from cvae.prepare import Chunk, _load_chunk, decode_reduction, load_square, prepare
-from cvae.train import _training_batches
-from cvae.validation import validate
+from cvae.core.celeba import IMAGE_DIR, read_partition
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.core.parallel import bounded_map
+from cvae.data.dataset import load_split, tf_dataset, to_unit_range
+from cvae.data.prepare import Chunk, _load_chunk, decode_reduction, load_square, prepare
+from cvae.model.train import training_batches
+from cvae.validation.validate import validate
 from tests.conftest import prepare_data, tiny_params_dict
 
 SHARD = 5  # images per shard in these tests: several shards per split, one of them short
@@ -23,7 +23,7 @@ def prepared(tmp_path_factory, synthetic_root):
     out = tmp_path_factory.mktemp("prepared")
     params = params_from_dict(tiny_params_dict(data={"shard_images": SHARD}))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("cvae.prepare.CHUNK", 2)  # several chunks per shard, one of them short
+        patch.setattr("cvae.data.prepare.CHUNK", 2)  # several chunks per shard, one of them short
         prepare_data(out, params, synthetic_root, validate=True)
     return out / "prepared"
 
@@ -113,7 +113,7 @@ def test_no_input_pipeline_keeps_an_autotuning_thread(prepared):
     split = load_split(prepared, "train")
     pipelines = {
         "plain": tf_dataset(split, 4, shuffle=False, seed=0),
-        "train's epochs": _training_batches(split, params.train, seed=0, first_epoch=0),
+        "train's epochs": training_batches(split, params.train, seed=0, first_epoch=0),
         "a map on top": tf_dataset(split, 4, shuffle=True, seed=0).map(lambda images, condition: images),
     }
     for name, pipeline in pipelines.items():
@@ -206,7 +206,7 @@ def test_prepare_refuses_data_that_failed_validation(tmp_path, synthetic_root, t
 
 @pytest.mark.slow
 def test_a_diverging_training_saves_no_model(prepared, tmp_path):
-    from cvae.train import train
+    from cvae.model.train import train
 
     params = params_from_dict(tiny_params_dict(train={"learning_rate": 1e8, "clip_norm": 1e30}))
     with pytest.raises(CvaeError, match="loss became nan .* nothing was saved"):

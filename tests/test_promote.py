@@ -17,14 +17,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cvae import registry
 from cvae.cli import main
-from cvae.config import GateRule, params_from_dict
-from cvae.dataset import load_split
-from cvae.errors import CvaeError
-from cvae.evaluate import score
-from cvae.gate import compare, flatten
-from cvae.promote import KEPT, PROMOTED, promote
+from cvae.core.config import GateRule, params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.data.dataset import load_split
+from cvae.quality.evaluate import score
+from cvae.registry import store as registry
+from cvae.registry.gate import compare, flatten
+from cvae.registry.promote import KEPT, PROMOTED, promote
 from tests.conftest import prepare_data, tiny_cvae, tiny_params_dict
 
 SIZE = 16
@@ -36,7 +36,7 @@ GATE = {"neg_elbo_nats": {"better": "lower", "tolerance": 5.0},
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, synthetic_root) -> SimpleNamespace:
     """A prepared split, a classifier, and three tiny models differing only in their weights."""
-    from cvae.classifier import build_classifier
+    from cvae.quality.classifier import build_classifier
 
     root = tmp_path_factory.mktemp("promote")
     settings = tiny_params_dict(data={"image_size": SIZE, "crop": 148}, train={"filters": [8, 16]},
@@ -62,8 +62,8 @@ def world(tmp_path_factory, synthetic_root) -> SimpleNamespace:
 
 
 def real_score(w, model_path: Path) -> dict:
-    from cvae.classifier import load_classifier
-    from cvae.model import load_cvae
+    from cvae.model.cvae import load_cvae
+    from cvae.quality.classifier import load_classifier
 
     return score(w.params, w.prepared, load_cvae(model_path), load_classifier(w.classifier))
 

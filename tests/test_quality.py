@@ -8,13 +8,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cvae.attributes import chosen
-from cvae.classifier import AttributeClassifier, predict_attributes
-from cvae.dataset import PreparedSplit, ShardedImages
-from cvae.errors import CvaeError
-from cvae.model import CVAE
-from cvae.quality import (attribute_fidelity, check_judge, edit_success,
-                          reconstruction_fidelity)
+from cvae.core.attributes import chosen
+from cvae.core.errors import CvaeError
+from cvae.data.dataset import PreparedSplit, ShardedImages
+from cvae.model.cvae import CVAE
+from cvae.quality.classifier import AttributeClassifier, predict_attributes
+from cvae.quality.fidelity import attribute_fidelity, check_classifier, edit_success, reconstruction_fidelity
 
 SIZE, LATENT = 8, 2
 NAMES = ["Bright", "Always", "Never"]
@@ -42,7 +41,7 @@ def brightness_cvae(uses_condition: bool = True) -> CVAE:
     return CVAE(encoder, decoder, attribute_names=NAMES)
 
 
-def judge() -> AttributeClassifier:
+def classifier() -> AttributeClassifier:
     images = keras.Input((SIZE, SIZE, 3))
     mean = keras.layers.GlobalAveragePooling2D()(images)
     kernel = np.zeros((3, len(NAMES)))
@@ -65,23 +64,23 @@ def held_out(tmp_path) -> PreparedSplit:
     return noise_split(tmp_path, 40)
 
 
-def test_the_judge_sees_what_the_decoder_draws():
+def test_the_classifier_sees_what_the_decoder_draws():
     model = brightness_cvae()
     for value in (1.0, -1.0):
         condition = np.array([[value, 1.0, 1.0]], np.float32)
         image = np.asarray(model.decoder([np.zeros((1, LATENT), np.float32), condition]))
-        assert predict_attributes(judge(), image)[0].tolist() == [value, 1, -1]
+        assert predict_attributes(classifier(), image)[0].tolist() == [value, 1, -1]
 
 
 def test_fidelity_is_one_for_a_drawn_attribute_and_chance_for_an_ignored_one(held_out):
-    fidelity = attribute_fidelity(brightness_cvae(), judge(), held_out, NAMES, samples=16, seed=0, batch_size=8)
-    # attribute 0 is drawn; the judge says +1 to "Always" and -1 to "Never" whatever it sees,
+    fidelity = attribute_fidelity(brightness_cvae(), classifier(), held_out, NAMES, samples=16, seed=0, batch_size=8)
+    # attribute 0 is drawn; the classifier says +1 to "Always" and -1 to "Never" whatever it sees,
     # so each is right for one of the two values: balanced, that is chance
     assert fidelity == {"Bright": 1.0, "Always": 0.5, "Never": 0.5}
 
 
 def test_fidelity_of_a_decoder_that_ignores_the_condition_is_chance(held_out):
-    fidelity = attribute_fidelity(brightness_cvae(uses_condition=False), judge(), held_out, ["Bright"],
+    fidelity = attribute_fidelity(brightness_cvae(uses_condition=False), classifier(), held_out, ["Bright"],
                                   samples=16, seed=0, batch_size=8)
     assert fidelity == {"Bright": 0.5}
 
@@ -89,43 +88,43 @@ def test_fidelity_of_a_decoder_that_ignores_the_condition_is_chance(held_out):
 def test_fidelity_sets_a_value_no_held_out_face_has(held_out):
     never_bright = PreparedSplit(held_out.images, np.where(np.arange(3) == 0, -1, held_out.attributes).astype(np.int8),
                                  held_out.image_ids, NAMES)
-    fidelity = attribute_fidelity(brightness_cvae(), judge(), never_bright, ["Bright"], samples=16, seed=0,
+    fidelity = attribute_fidelity(brightness_cvae(), classifier(), never_bright, ["Bright"], samples=16, seed=0,
                                   batch_size=8)
     assert fidelity == {"Bright": 1.0}
 
 
 def test_edit_success_sees_the_flip_and_keeps_the_rest(held_out):
-    result = edit_success(brightness_cvae(), judge(), held_out, ["Bright", "Always"], NAMES, count=20, seed=0,
+    result = edit_success(brightness_cvae(), classifier(), held_out, ["Bright", "Always"], NAMES, count=20, seed=0,
                           batch_size=8)
     assert result["Bright"]["success"] == 1.0
     assert result["Bright"]["others_kept"] == 1.0
     assert result["Bright"]["pixel_mse"] > 0.9  # from ~0 to ~1 or back, every pixel
-    # the decoder ignores "Always": nothing moves, and the judge's +1 is right only for
+    # the decoder ignores "Always": nothing moves, and the classifier's +1 is right only for
     # the faces whose flipped value is +1
     flipped_to_plus = float((held_out.attributes[np.sort(np.random.default_rng(0).choice(40, 20, replace=False)), 1]
                              == -1).mean())
     assert result["Always"] == {"success": pytest.approx(flipped_to_plus), "others_kept": 1.0, "pixel_mse": 0.0}
 
 
-def test_unknown_attributes_and_a_mismatched_judge_are_clear_errors():
+def test_unknown_attributes_and_a_mismatched_classifier_are_clear_errors():
     with pytest.raises(CvaeError, match=r"evaluate.edit_attributes: 'Brigth' is not an attribute of the data; did"
                                         r" you mean 'Bright'\?"):
         chosen(["Brigth"], NAMES, "evaluate.edit_attributes")
     assert chosen([], NAMES, "key") == NAMES  # empty: every attribute
-    other = AttributeClassifier(judge().network, ["A", "B", "C"])
+    other = AttributeClassifier(classifier().network, ["A", "B", "C"])
     with pytest.raises(CvaeError, match="different attributes"):
-        check_judge(brightness_cvae(), other)
+        check_classifier(brightness_cvae(), other)
 
 
-def test_the_judge_is_scored_per_attribute_with_balanced_accuracy(tmp_path):
-    from cvae.classifier import score_classifier
+def test_the_classifier_is_scored_per_attribute_with_balanced_accuracy(tmp_path):
+    from cvae.quality.classifier import score_classifier
 
     attributes = np.array([[1, 1, 1]] * 3 + [[-1, 1, -1]] * 7, dtype=np.int8)  # "Always" is right 10/10
     pixels = np.where(attributes[:, :1, None, None] > 0, 250, 5).repeat(SIZE, 1).repeat(SIZE, 2)
     np.save(tmp_path / "shard.npy", np.broadcast_to(pixels, (10, SIZE, SIZE, 3)).astype(np.uint8))
     split = PreparedSplit(ShardedImages([tmp_path / "shard.npy"], [10], SIZE), attributes,
                           [f"{i}.jpg" for i in range(10)], NAMES)
-    report = score_classifier(judge(), split, batch_size=4)
+    report = score_classifier(classifier(), split, batch_size=4)
     scores = report["attributes"]
     assert scores["Bright"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 0.3}
     assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0}
@@ -134,10 +133,10 @@ def test_the_judge_is_scored_per_attribute_with_balanced_accuracy(tmp_path):
     assert (report["mean_accuracy"], report["mean_balanced_accuracy"]) == (0.9, pytest.approx(2.5 / 3, abs=1e-4))
 
 
-def test_reconstruction_fidelity_compares_the_judge_on_reconstructions_with_the_truth(held_out):
-    # the decoder draws attribute 0 from the face's own value: the judge sees it in every
+def test_reconstruction_fidelity_compares_the_classifier_on_reconstructions_with_the_truth(held_out):
+    # the decoder draws attribute 0 from the face's own value: the classifier sees it in every
     # reconstruction; "Always" and "Never" are right for one value each, balanced: chance
-    ceiling = reconstruction_fidelity(brightness_cvae(), judge(), held_out, NAMES, batch_size=8)
+    ceiling = reconstruction_fidelity(brightness_cvae(), classifier(), held_out, NAMES, batch_size=8)
     assert ceiling == {"Bright": 1.0, "Always": 0.5, "Never": 0.5}
-    blind = reconstruction_fidelity(brightness_cvae(uses_condition=False), judge(), held_out, ["Bright"], 8)
+    blind = reconstruction_fidelity(brightness_cvae(uses_condition=False), classifier(), held_out, ["Bright"], 8)
     assert blind == {"Bright": 0.5}

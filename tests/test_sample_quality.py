@@ -1,5 +1,5 @@
 """Sample quality: grid artifacts planted on drawn faces are flagged and clean faces are
-not; the Fréchet distance matches its closed form; the judge's features are what its
+not; the Fréchet distance matches its closed form; the classifier's features are what its
 logits layer reads; and a decoder that paints a grid or draws far from the data is told
 apart from the held-out faces."""
 
@@ -9,15 +9,20 @@ from PIL import Image
 
 keras = pytest.importorskip("keras")
 
-from cvae.classifier import AttributeClassifier, build_classifier
-from cvae.dataset import PreparedSplit, ShardedImages
-from cvae.errors import CvaeError
-from cvae.model import CVAE
-from cvae.sample_quality import (frechet_distance, grid_artifact_rate, grid_artifact_scores, judge_features,
-                                 sample_quality)
-from cvae.synthetic import CENTRE, draw_face, sample_attributes
+from cvae.core.errors import CvaeError
+from cvae.data.dataset import PreparedSplit, ShardedImages
+from cvae.model.cvae import CVAE
+from cvae.quality.classifier import AttributeClassifier, build_classifier
+from cvae.quality.samples import (
+    classifier_features,
+    frechet_distance,
+    grid_artifact_rate,
+    grid_artifact_scores,
+    sample_quality,
+)
+from cvae.source.synthetic import CENTRE, draw_face, sample_attributes
 from tests.test_promote import real_score, world  # noqa: F401  (world: a fixture)
-from tests.test_quality import LATENT, NAMES, SIZE, brightness_cvae, fixed_dense, judge, noise_split
+from tests.test_quality import LATENT, NAMES, SIZE, brightness_cvae, classifier, fixed_dense, noise_split
 
 SIDE = 64
 Y, X = np.mgrid[:SIDE, :SIDE]
@@ -127,24 +132,24 @@ def test_frechet_distance_of_few_vectors_in_many_dimensions_stays_finite():
         frechet_distance(few[:1], few)
 
 
-def test_judge_features_are_what_the_logits_layer_reads():
+def test_classifier_features_are_what_the_logits_layer_reads():
     images = np.random.default_rng(0).random((10, 16, 16, 3)).astype(np.float32)
     classifier = build_classifier(16, ["Male", "Smiling", "Blurry"], [8])
-    features = judge_features(classifier, images, batch_size=4)
+    features = classifier_features(classifier, images, batch_size=4)
     logits = classifier.network.get_layer("logits")
     assert features.shape == (10, logits.kernel.shape[0])
     kernel, bias = (np.asarray(w) for w in logits.get_weights())
     np.testing.assert_allclose(features @ kernel + bias, np.asarray(classifier(images)), rtol=1e-4, atol=1e-5)
 
 
-def test_judge_features_are_found_by_structure_past_layers_after_the_logits():
-    # a judge that reads the channel means, with a layer after its logits
+def test_classifier_features_are_found_by_structure_past_layers_after_the_logits():
+    # a classifier that reads the channel means, with a layer after its logits
     inputs = keras.Input((SIZE, SIZE, 3))
     means = keras.layers.GlobalAveragePooling2D()(inputs)
     logits = fixed_dense(len(NAMES), np.eye(3), np.zeros(3))(means)
     network = keras.Model(inputs, keras.layers.Rescaling(2.0)(logits))
     images = np.random.default_rng(0).random((10, SIZE, SIZE, 3)).astype(np.float32)
-    features = judge_features(AttributeClassifier(network, NAMES), images, batch_size=3)
+    features = classifier_features(AttributeClassifier(network, NAMES), images, batch_size=3)
     np.testing.assert_allclose(features, images.mean(axis=(1, 2)), rtol=1e-5)
 
 
@@ -165,22 +170,22 @@ def noisy_faces(tmp_path) -> PreparedSplit:
 
 
 def test_sample_quality_tells_a_grid_painter_and_a_far_off_decoder_from_the_data(noisy_faces):
-    painter = sample_quality(grid_cvae(), judge(), noisy_faces, seed=0, batch_size=16)
-    flat = sample_quality(brightness_cvae(), judge(), noisy_faces, seed=0, batch_size=16)
+    painter = sample_quality(grid_cvae(), classifier(), noisy_faces, seed=0, batch_size=16)
+    flat = sample_quality(brightness_cvae(), classifier(), noisy_faces, seed=0, batch_size=16)
     assert painter["grid_artifact_rate"] == 1.0
     # flat faces, near black or near white: no grid, but far from noise of mean 0.5
     assert flat["grid_artifact_rate"] == 0.0
     assert flat["frechet_distance"] > 100 * flat["real_frechet_distance"]
     # the floor depends on the held-out faces and the seed only, not on the model
     assert painter["real_frechet_distance"] == flat["real_frechet_distance"]
-    assert sample_quality(brightness_cvae(), judge(), noisy_faces, seed=0, batch_size=7) == pytest.approx(flat)
+    assert sample_quality(brightness_cvae(), classifier(), noisy_faces, seed=0, batch_size=7) == pytest.approx(flat)
 
 
 def test_sample_quality_needs_two_faces_a_half(noisy_faces):
     three = PreparedSplit(ShardedImages(noisy_faces.images.paths, [3], SIZE), noisy_faces.attributes[:3],
                           noisy_faces.image_ids[:3], NAMES)
     with pytest.raises(CvaeError, match="at least 4 held-out faces"):
-        sample_quality(brightness_cvae(), judge(), three, seed=0, batch_size=16)
+        sample_quality(brightness_cvae(), classifier(), three, seed=0, batch_size=16)
 
 
 def test_evaluate_scores_samples_on_the_same_draws_for_every_model(world):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
 
-import cvae.shapes
-from cvae.celeba import (
+import cvae.source.shapes
+from cvae.core.celeba import (
     ATTRIBUTE_FILE,
     CELEBA_ATTRIBUTES,
     IMAGE_DIR,
@@ -18,13 +17,13 @@ from cvae.celeba import (
     read_attribute_frame,
     read_partition,
 )
-from cvae.config import params_from_dict
-from cvae.download import download
-from cvae.errors import CvaeError
-from cvae.prepare import prepare
-from cvae.shapes import SHAPE_ATTRIBUTES, SIZE, generate, sample_attributes
-from cvae.source_check import check_source
-from cvae.validation import validate
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.data.prepare import prepare
+from cvae.source.check import check_source
+from cvae.source.download import download
+from cvae.source.shapes import SHAPE_ATTRIBUTES, SIZE, generate, sample_attributes
+from cvae.validation.validate import validate
 from tests.conftest import digest, tiny_params_dict
 
 
@@ -129,11 +128,11 @@ def test_two_of_the_largest_shapes_fit_apart_even_when_no_random_placement_does(
         def uniform(self, low, high=None):
             return low
 
-    reach = cvae.shapes._LARGE_RADIUS[1] * max(cvae.shapes._REACH.values())
-    (x1, y1), (x2, y2) = cvae.shapes._place(Lowest(), [reach, reach])
-    low, high = reach + cvae.shapes._MARGIN, SIZE - reach - cvae.shapes._MARGIN
+    reach = cvae.source.shapes._LARGE_RADIUS[1] * max(cvae.source.shapes._REACH.values())
+    (x1, y1), (x2, y2) = cvae.source.shapes._place(Lowest(), [reach, reach])
+    low, high = reach + cvae.source.shapes._MARGIN, SIZE - reach - cvae.source.shapes._MARGIN
     assert all(low <= v <= high for v in (x1, y1, x2, y2))
-    assert np.hypot(x2 - x1, y2 - y1) >= 2 * reach + cvae.shapes._GAP - 1e-9
+    assert np.hypot(x2 - x1, y2 - y1) >= 2 * reach + cvae.source.shapes._GAP - 1e-9
 
 
 def shapes_params(tmp_path, **data):
@@ -169,7 +168,7 @@ def test_shapes_source_takes_no_checksum_and_needs_no_network(tmp_path, monkeypa
     def no_network(*args, **kwargs):
         raise AssertionError("no request expected")
 
-    monkeypatch.setattr("cvae.source_check.urlopen", no_network)
+    monkeypatch.setattr("cvae.source.check.urlopen", no_network)
     result = check_source(shapes_params(tmp_path), tmp_path / "source.json")
     assert result.record == {"kind": "shapes"}
     assert "labelled shapes" in result.describe()

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from cvae.config import params_from_dict
-from cvae.download import CELEBA_FILES, download
-from cvae.errors import CvaeError
-from cvae.source_check import check_source
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.source.check import check_source
+from cvae.source.download import CELEBA_FILES, download
 from tests.conftest import tiny_params_dict
 from tests.http_server import FileServer, Served
-from tests.test_download import ZIP, files_of, zip_folder
-from tests.test_download import celeba_dir, celeba_zip, raw  # noqa: F401 (fixtures)
+from tests.test_download import ZIP, celeba_dir, celeba_zip, files_of, raw, zip_folder  # noqa: F401 (fixtures)
 
 
 def params_for(tmp_path: Path, source: str, **data):
@@ -175,7 +174,7 @@ def test_synthetic_and_celeba_are_fingerprinted_without_network(tmp_path, monkey
     def no_network(*args, **kwargs):
         raise AssertionError("no request expected")
 
-    monkeypatch.setattr("cvae.source_check.urlopen", no_network)
+    monkeypatch.setattr("cvae.source.check.urlopen", no_network)
     assert check(tmp_path, "synthetic").record == {"kind": "synthetic"}
     assert not check(tmp_path, "synthetic").changed
     record = check(tmp_path, "celeba", out="celeba.json").record

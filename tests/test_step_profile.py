@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from cvae.config import params_from_dict
+from cvae.core.config import params_from_dict
 from tests.conftest import PROJECT, prepare_data, stage_env, tiny_params_dict
 
 # each test runs benchmarks/step_profile.py in a fresh process (TensorFlow, a profiled training)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvae.celeba import (
+from cvae.core.celeba import (
     ATTRIBUTE_FILE,
     CELEBA_ATTRIBUTES,
     IMAGE_DIR,
@@ -10,7 +10,7 @@ from cvae.celeba import (
     load_attributes,
     read_partition,
 )
-from cvae.synthetic import VISIBLE_ATTRIBUTES, draw_face, generate, sample_attributes
+from cvae.source.synthetic import VISIBLE_ATTRIBUTES, draw_face, generate, sample_attributes
 from tests.conftest import digest
 
 

@@ -20,15 +20,24 @@ import yaml
 
 keras = pytest.importorskip("keras")
 
-from cvae.cli import main as cvae_main
-from cvae.config import params_from_dict
-from cvae.dataset import IDS_FILE
-from cvae.errors import CvaeError
-from cvae.dataset import load_split
-from cvae.model import CVAE, load_cvae
-from cvae.train import (HISTORY_FILE, WEIGHTS_FILE, CheckpointStore, SaveCheckpoint, fingerprint,
-                        make_optimizer, new_model, steps_per_execution, train)
 from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras reads
+
+from cvae.cli import main as cvae_main
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.data.dataset import IDS_FILE, load_split
+from cvae.model.cvae import CVAE, load_cvae
+from cvae.model.train import (
+    HISTORY_FILE,
+    WEIGHTS_FILE,
+    CheckpointStore,
+    SaveCheckpoint,
+    fingerprint,
+    make_optimizer,
+    new_model,
+    steps_per_execution,
+    train,
+)
 from tests.conftest import BIN, PROJECT, prepare_data, run, stage_env, tiny_cvae, tiny_params_dict
 
 # Eight short epochs with warm-up, cosine decay and early stopping all switched on: long
@@ -168,7 +177,7 @@ def test_kl_warmup_raises_the_kl_weight_from_zero_to_beta(reference):
         assert float(model.kl_weight()) == pytest.approx(weight)
         assert weight_in_the_loss() == pytest.approx(weight, abs=0.02)
     # train() ramps over kl_warmup_epochs (1) of its steps per epoch
-    assert load_cvae(reference.model).kl_warmup_steps == -(-TRAIN_IMAGES // BATCH)
+    assert load_cvae(reference.model).loss_weights.kl_warmup_steps == -(-TRAIN_IMAGES // BATCH)
 
 
 def test_the_cosine_schedule_decays_the_learning_rate_to_its_floor():
@@ -273,8 +282,8 @@ MIRRORED = textwrap.dedent("""
     # two logical CPUs, set before TensorFlow starts, to stand in for two GPUs
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from cvae.config import params_from_dict
-    from cvae.train import train
+    from cvae.core.config import params_from_dict
+    from cvae.model.train import train
 
     prepared, out = sys.argv[1], sys.argv[2]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -342,7 +351,7 @@ def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepar
                   tmp_path / "cvae.keras", tmp_path / "train")
     assert final["steer"] > 0 and final["critic"] > 0 and "val_steer" in final
     model = load_cvae(tmp_path / "cvae.keras")
-    chosen = [name for name, on in zip(model.attribute_names, model.steer_mask) if on]
+    chosen = [name for name, on in zip(model.attribute_names, model.loss_weights.steer_mask) if on]
     assert chosen == sorted(chosen, key=model.attribute_names.index) and set(chosen) == {"Smiling", "Male"}
 
 
@@ -350,7 +359,7 @@ def test_steered_training_keeps_its_critic_and_names_an_unknown_attribute(prepar
 def test_on_a_gpu_the_step_is_really_compiled_with_xla(prepared, one_epoch, tmp_path, monkeypatch, capsys):
     """Keras drops jit_compile=True while op determinism is on; on a GPU train turns
     determinism off so that XLA is used. The GPU is pretended (XLA compiles on a CPU too)."""
-    from cvae import train as training
+    from cvae.model import train as training
 
     monkeypatch.setattr(training, "_gpus", lambda: ["GPU:0"])  # one: no MirroredStrategy
     try:
@@ -371,7 +380,7 @@ def test_on_a_cpu_the_step_runs_without_xla_and_deterministically(prepared, tmp_
 THREADS = textwrap.dedent("""
     import json
     import tensorflow as tf
-    from cvae.train import configure_cpu_threads
+    from cvae.model.train import configure_cpu_threads
 
     print(configure_cpu_threads())
     print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(),
@@ -386,8 +395,8 @@ def _threads_in_a_fresh_process() -> tuple[str, list[int]]:
 
 @pytest.mark.slow
 def test_on_a_cpu_training_runs_two_ops_at_once_each_on_half_the_cores(monkeypatch):
-    from cvae.parallel import usable_cores
-    from cvae.train import CPU_STEP_LANES
+    from cvae.core.parallel import usable_cores
+    from cvae.model.train import CPU_STEP_LANES
 
     for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         monkeypatch.delenv(name, raising=False)
@@ -414,7 +423,7 @@ def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_d
     weights = {}
     for per_call in (1, 3):
         keras.utils.set_random_seed(0)  # the same initial weights, noise and data order
-        model = tiny_cvae(steer_weight=5.0)
+        model = tiny_cvae(steer=5.0)
         model.compile(optimizer=make_optimizer(make_params(**ONE_EPOCH).train, steps_per_epoch=6),
                       steps_per_execution=per_call)
         data = tf.data.Dataset.from_tensor_slices((images, condition)).batch(8)

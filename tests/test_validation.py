@@ -14,11 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from cvae.celeba import ATTRIBUTE_FILE, IMAGE_DIR, PARTITION_FILE
 from cvae.cli import main
-from cvae.config import params_from_dict
-from cvae.errors import CvaeError
-from cvae.validation import validate
+from cvae.core.celeba import ATTRIBUTE_FILE, IMAGE_DIR, PARTITION_FILE
+from cvae.core.config import params_from_dict
+from cvae.core.errors import CvaeError
+from cvae.validation.validate import validate
 from tests.conftest import tiny_params_dict
 
 ATTRIBUTES = ATTRIBUTE_FILE

@@ -194,7 +194,7 @@ REMOVED_KEYS = {
                             " read without a buffer; delete the key",
     "train.condition_attributes": "removed: the model sees every attribute the data lists; to leave one"
                                   " out, drop its column from the attribute file; delete the key",
-    "classifier.attributes": "removed: the judge learns every attribute the data lists; delete the key",
+    "classifier.attributes": "removed: the classifier learns every attribute the data lists; delete the key",
 }
 
 

@@ -16,7 +16,6 @@ import tensorflow as tf
 from keras import layers, ops
 
 from cvae.core.errors import CvaeError
-from cvae.model import speedups
 from cvae.model.files import first_line, require_keras_file, saved_class_name
 from cvae.model.networks import PACKAGE, build_adversary, build_critic, build_decoder, build_encoder
 
@@ -209,7 +208,7 @@ class CVAE(keras.Model):
         see an attribute in a decoded face (so it and the decoder cannot agree on a code of
         their own), only that a decoded one does not count until it looks like the real
         ones. Learning from real faces alone, it saw a smile in 96% of the faces given one
-        where the judge saw 42%, and the steer term had nothing left to teach."""
+        where the classifier saw 42%, and the steer term had nothing left to teach."""
         target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
         edited = self.decoder([ops.stop_gradient(z), target], training=training)
         w = self.loss_weights
@@ -279,11 +278,6 @@ class CVAE(keras.Model):
             del tape
             self.optimizer.apply(gradients, generator + helpers)
         return {metric.name: metric.result() for metric in self.metrics}
-
-    def make_train_function(self, force=False):
-        if self.train_function is None or force:
-            self.train_function = speedups.unrolled_train_function(self)
-        return self.train_function or super().make_train_function(force)
 
     def test_step(self, data):
         images, condition = data

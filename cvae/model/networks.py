@@ -10,9 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from cvae.model import speedups
-
-PACKAGE = speedups.PACKAGE
+PACKAGE = "cvae"  # the name Keras files record for the project's layers
 UPSAMPLING = ("transposed", "resize")  # how the decoder doubles a feature map's side
 
 
@@ -67,7 +65,7 @@ class ShiftPerImage(layers.Layer):
         self.bias = self.add_weight(shape=(self.channels,), initializer="zeros", name="bias")
 
     def call(self, features, shift):
-        return speedups.add_per_image(features, shift + self.bias)
+        return features + (shift + self.bias)[:, None, None, :]
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
@@ -120,10 +118,7 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
         x = FiLM(width, carries_bias=True)(x, condition)
         x = layers.LeakyReLU(0.2)(x)
     # the output end in float32 under mixed precision too: the likelihood reads these pixels
-    if upsampling == "transposed":
-        logits = speedups.output_transposed_convolution(3, dtype="float32")(x)
-    else:
-        logits = _doubling(x, 3, upsampling, dtype="float32")
+    logits = _doubling(x, 3, upsampling, dtype="float32")
     # A direct path from (z, c) to one colour offset per image: global colour and lighting
     # (a background's hue, a photo's exposure) are shared by every pixel, and learnt through
     # the conv stack alone they took half of training (a plateau of the error until the
@@ -150,7 +145,7 @@ def _doubling(x, width: int, upsampling: str, **kwargs):
 def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> keras.Model:
     """The model's own attribute classifier (one logit per attribute), trained alongside it
     on the real training images. Decoded faces whose attributes it cannot see cost the
-    decoder (the `steer` term), so the decoder draws what c asks for. It is not the judge
+    decoder (the `steer` term), so the decoder draws what c asks for. It is not the classifier
     of `cvae.quality.classifier`: that one is trained apart and only scores."""
     images = keras.Input((image_size, image_size, 3), name="images")
     # The critic reads the faces at half the side (means of 2x2 pixels): the steer term's
@@ -159,7 +154,7 @@ def build_critic(image_size: int, n_attributes: int, filters: list[int]) -> kera
     # artefact a transposed convolution draws most easily, cancels out, so the decoder
     # cannot satisfy the critic with one.
     x = layers.AveragePooling2D(2, name="half_size")(images)
-    # centred to [-1, 1] as in the encoder and the judge: on [0, 1] pixels the critic hardly
+    # centred to [-1, 1] as in the encoder and the classifier: on [0, 1] pixels the critic hardly
     # learnt the thin features, and the steer term cannot teach what the critic cannot see
     # (Smiling edit success .75 / .81 against .69 / .76, seeds 42 / 1; it costs nothing)
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(x)

@@ -164,9 +164,8 @@ def make_optimizer(p: TrainParams, steps_per_epoch: int) -> keras.optimizers.Opt
 
 # The most training steps Keras runs per call into the compiled graph. One call per step
 # costs the step a round trip through Python (the call, the callbacks, the logs), on the
-# critical path while the ops keep both cores busy: 10 a call gave 642-742 against 637-684
-# images/s in `fit` (four runs of 100 steps each; README, *Training speed*). Callbacks then see every 10th step (epochs
-# end on time: see steps_per_execution); 10 keeps a terminal's progress bar moving.
+# critical path while the ops keep both cores busy. Callbacks then see every 10th step
+# (epochs end on time: see steps_per_execution); 10 keeps a terminal's progress bar moving.
 MOST_STEPS_PER_EXECUTION = 10
 
 

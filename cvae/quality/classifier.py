@@ -1,8 +1,8 @@
-"""The attribute classifier: the judge of generated and edited faces.
+"""The attribute classifier: the classifier of generated and edited faces.
 
 A small CNN with one sigmoid output per attribute, trained by the pipeline on the
 prepared training images. Its accuracy on the held-out split is reported per attribute,
-so a fidelity figure can be read against how well the judge itself sees that attribute.
+so a fidelity figure can be read against how well the classifier itself sees that attribute.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class AttributeClassifier(keras.Model):
 def build_classifier(image_size: int, attribute_names: list[str], filters: list[int]) -> AttributeClassifier:
     images = keras.Input((image_size, image_size, 3), name="images")
     # Pixels centred to [-1, 1] and leaky units, as in the CVAE's encoder. With [0, 1] inputs
-    # and plain ReLUs the judge learnt the thin features slowly: after 10 epochs it missed
+    # and plain ReLUs the classifier learnt the thin features slowly: after 10 epochs it missed
     # 37 of the 57 held-out closed smiles (an arc against a straight line; 16 now), and a
     # higher learning rate (0.003) left it at chance instead.
     x = layers.Rescaling(2.0, offset=-1.0, name="centre")(images)

@@ -16,7 +16,7 @@ from cvae.core.config import Params
 from cvae.core.errors import CvaeError
 from cvae.core.progress import progress
 from cvae.data.dataset import load_split, tf_dataset, to_unit_range
-from cvae.quality.fidelity import attribute_fidelity, check_judge, edit_success, reconstruction_fidelity
+from cvae.quality.fidelity import attribute_fidelity, check_classifier, edit_success, reconstruction_fidelity
 from cvae.quality.samples import sample_quality
 
 
@@ -43,7 +43,7 @@ def score(params: Params, prepared_dir: str | Path, model, classifier) -> dict:
     """Every metric of `model` on the held-out split, judged by `classifier`. The same
     seed draws the same latent codes and faces for any model, so two models scored
     here are compared on identical samples (the promotion gate relies on it)."""
-    check_judge(model, classifier)
+    check_classifier(model, classifier)
     test = load_split(prepared_dir, "test")
     if len(test) == 0:
         raise CvaeError(f"{prepared_dir}: the test split is empty; nothing to evaluate")
@@ -97,7 +97,7 @@ def score(params: Params, prepared_dir: str | Path, model, classifier) -> dict:
         # share of faces sampled from the prior with a 2- or 4-pixel grid stronger than
         # in all but 0.5% of the held-out faces (so 0.005 draws like the data)
         "grid_artifact_rate": _round(samples["grid_artifact_rate"]),
-        # Fréchet distance, in the judge's penultimate features, between sampled faces and
+        # Fréchet distance, in the classifier's penultimate features, between sampled faces and
         # one half of the held-out faces (lower is better; its scale is the features', so
         # it is kept to significant digits, not decimals)
         "frechet_distance": _significant(samples["frechet_distance"]),

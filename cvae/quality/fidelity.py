@@ -12,7 +12,7 @@ from cvae.data.dataset import PreparedSplit
 from cvae.quality.classifier import AttributeClassifier, predict_attributes
 
 
-def check_judge(model, classifier: AttributeClassifier) -> None:
+def check_classifier(model, classifier: AttributeClassifier) -> None:
     if list(classifier.attribute_names) != list(model.attribute_names):
         raise CvaeError("the classifier and the model were trained on different attributes: "
                         f"{classifier.attribute_names} vs {model.attribute_names}; retrain the classifier")
@@ -45,7 +45,7 @@ def reconstruction_fidelity(model, classifier: AttributeClassifier, split: Prepa
     """Per attribute: the balanced agreement of the classifier on reconstructions of the
     held-out faces (posterior mean, own attributes) with those faces' true values.
 
-    The ceiling for fidelity and edit success under this judge: an attribute it does not
+    The ceiling for fidelity and edit success under this classifier: an attribute it does not
     see in reconstructions of faces that have it, it will not see in generated or edited
     ones either, however well the model steers it."""
     images_seen = []

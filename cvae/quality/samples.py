@@ -3,7 +3,7 @@ weights (FID's network cannot be fetched offline):
 
 - a grid-artifact rate: stride-2 transposed convolutions tend to paint periodic grids of
   2- and 4-pixel period over what they decode; real faces almost never show them;
-- a Fréchet distance in the feature space of the pipeline's own judge, the attribute
+- a Fréchet distance in the feature space of the pipeline's own attribute
   classifier (FID's formula, on the classifier's penultimate layer instead of Inception's).
 """
 
@@ -93,8 +93,8 @@ def _sqrtm_of_product(cov_a: np.ndarray, cov_b: np.ndarray) -> np.ndarray | None
     return root if np.isfinite(root).all() else None
 
 
-def judge_features(classifier: AttributeClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The judge's penultimate features of float images in [0, 1]: what its logits layer
+def classifier_features(classifier: AttributeClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The classifier's penultimate features of float images in [0, 1]: what its logits layer
     (the network's last Dense layer) reads. Found by the layer's type, not its position, so
     a layer added after the logits changes nothing."""
     dense = [layer for layer in classifier.network.layers if isinstance(layer, keras.layers.Dense)]
@@ -121,10 +121,10 @@ def sample_quality(model, classifier: AttributeClassifier, split: PreparedSplit,
     reference, stand_in = split.unit_images(reference_rows), split.unit_images(stand_in_rows)
     generated = decode_prior(model, np.asarray(split.attributes[stand_in_rows], dtype=np.float32), seed, batch_size)
     rate, _ = grid_artifact_rate(generated, np.concatenate([reference, stand_in]))
-    reference_features = judge_features(classifier, reference, batch_size)
+    reference_features = classifier_features(classifier, reference, batch_size)
     return {
         "grid_artifact_rate": rate,
-        "frechet_distance": frechet_distance(judge_features(classifier, generated, batch_size), reference_features),
-        "real_frechet_distance": frechet_distance(judge_features(classifier, stand_in, batch_size),
+        "frechet_distance": frechet_distance(classifier_features(classifier, generated, batch_size), reference_features),
+        "real_frechet_distance": frechet_distance(classifier_features(classifier, stand_in, batch_size),
                                                   reference_features),
     }

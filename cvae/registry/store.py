@@ -21,7 +21,7 @@ from pathlib import Path
 from cvae.core.errors import CvaeError
 
 MODEL_FILE = "cvae.keras"
-CLASSIFIER_FILE = "classifier.keras"  # the judge its metrics were measured with; `cvae edit` uses it
+CLASSIFIER_FILE = "classifier.keras"  # the classifier its metrics were measured with; `cvae edit` uses it
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
 DECISIONS_FILE = "decisions.jsonl"  # one line per gate decision, oldest first: the audit trail
