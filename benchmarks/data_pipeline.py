@@ -11,7 +11,7 @@
    `cvae validate`, `cvae prepare` and one training epoch at 1,000, 10,000 and 100,000
    small images, each stage a real `cvae` subprocess.
 
-    .venv/bin/python benchmarks/data_pipeline.py            # the README's figures
+    .venv/bin/python benchmarks/data_pipeline.py            # the figures of docs/performance.md
     .venv/bin/python benchmarks/data_pipeline.py --quick    # smaller, for a smoke run
 """
 

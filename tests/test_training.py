@@ -414,7 +414,7 @@ def test_a_call_into_the_graph_runs_up_to_ten_steps_and_never_into_the_next_epoc
 
 
 @pytest.mark.slow
-def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_does():
+def test_several_steps_a_call_train_as_one_a_call_does():
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -430,10 +430,6 @@ def test_several_steps_a_call_run_as_written_out_calls_and_train_as_one_a_call_d
         model.fit(data, epochs=1, verbose=0, shuffle=False)
         assert int(model.optimizer.iterations) == 6
         weights[per_call] = [np.asarray(w) for w in model.weights]
-        if per_call > 1:  # no loop in the graph: the step called three times
-            graph = model.train_function.get_concrete_function(iter(data)).graph
-            kinds = [op.type for op in graph.get_operations()]
-            assert "While" not in kinds and kinds.count("StatefulPartitionedCall") == per_call
     # Six Adam steps amplify the last bits of float32 sums, whose order oneDNN picks per CPU
     # type (a weight of 384 differed by 1e-5 relative with AVX2 kernels); a wrong step or data
     # order moves the weights by about the learning rate, a hundred times more than this.

@@ -255,7 +255,7 @@ THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 # one op at a time split over all of them, which spends much of each small op waking and
 # waiting for the other cores. On 2 cores (one thread per op): 566-679 against 480-610
 # images/s in turns of the benchmark's (b), with 1 against 6-10 ms of kernel CPU time per
-# step (README, *Training speed*).
+# step (docs/performance.md, *Training speed*).
 CPU_STEP_LANES = 2
 
 
