@@ -10,7 +10,9 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-PACKAGE = "cvae"  # the name Keras files record for the project's layers
+from cvae.model import speedups
+
+PACKAGE = speedups.PACKAGE
 UPSAMPLING = ("transposed", "resize")  # how the decoder doubles a feature map's side
 
 
@@ -65,7 +67,7 @@ class ShiftPerImage(layers.Layer):
         self.bias = self.add_weight(shape=(self.channels,), initializer="zeros", name="bias")
 
     def call(self, features, shift):
-        return features + (shift + self.bias)[:, None, None, :]
+        return speedups.add_per_image(features, shift + self.bias)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
@@ -118,7 +120,10 @@ def build_decoder(image_size: int, n_attributes: int, filters: list[int], latent
         x = FiLM(width, carries_bias=True)(x, condition)
         x = layers.LeakyReLU(0.2)(x)
     # the output end in float32 under mixed precision too: the likelihood reads these pixels
-    logits = _doubling(x, 3, upsampling, dtype="float32")
+    if upsampling == "transposed":
+        logits = speedups.output_transposed_convolution(3, dtype="float32")(x)
+    else:
+        logits = _doubling(x, 3, upsampling, dtype="float32")
     # A direct path from (z, c) to one colour offset per image: global colour and lighting
     # (a background's hue, a photo's exposure) are shared by every pixel, and learnt through
     # the conv stack alone they took half of training (a plateau of the error until the
