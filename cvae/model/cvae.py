@@ -15,8 +15,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from cvae.core.errors import CvaeError
-from cvae.model.files import first_line, require_keras_file, saved_class_name
+from cvae.model.files import load_keras_file
 from cvae.model.networks import PACKAGE, build_adversary, build_critic, build_decoder, build_encoder
 
 
@@ -384,14 +383,5 @@ def build_cvae(image_size: int, n_attributes: int, filters: list[int], latent_di
 
 def load_cvae(path) -> CVAE:
     """The CVAE at `path`, or a CvaeError that says why the file is not one."""
-    require_keras_file(path, "model")
-    held = saved_class_name(path)
-    if held not in (None, "CVAE"):  # named from the archive: no need to import the other's code
-        raise CvaeError(f"{path}: not a cvae model: {path} holds a {held}, not a cvae.CVAE")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
-        raise CvaeError(f"{path}: not a cvae model: {first_line(exc)}") from None
-    if not isinstance(model, CVAE):
-        raise CvaeError(f"{path}: not a cvae model: {path} holds a {type(model).__name__}, not a cvae.CVAE")
-    return model
+    return load_keras_file(path, CVAE, "model", "a cvae model",
+                           "{path}: not a cvae model: {path} holds a {held}, not a cvae.CVAE")

@@ -1,5 +1,5 @@
-"""Checks on the pipeline's .keras files that name what is wrong with a file before Keras
-loads it (Keras itself calls a foreign file "not found", or fails deep inside deserialisation).
+"""Loading the pipeline's .keras files with errors that name what is wrong with a file
+(Keras itself calls a foreign file "not found", or fails deep inside deserialisation).
 Imports nothing of the package, so that the model and the classifier each load without the other."""
 
 from __future__ import annotations
@@ -31,3 +31,22 @@ def saved_class_name(path: str | Path) -> str | None:
 
 def first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def load_keras_file(path: str | Path, expected: type, what: str, label: str, wrong_class: str):
+    """The `expected` object saved at `path` (safe mode, not compiled), or a CvaeError that
+    says why the file is not one: missing, not a .keras archive, unreadable ("<path>: not
+    <label>: ..."), or holding another class (`wrong_class`, formatted with path and held)."""
+    import keras
+
+    require_keras_file(path, what)
+    held = saved_class_name(path)
+    if held not in (None, expected.__name__):  # named from the archive: no need to import the other's code
+        raise CvaeError(wrong_class.format(path=path, held=held))
+    try:
+        loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
+        raise CvaeError(f"{path}: not {label}: {first_line(exc)}") from None
+    if not isinstance(loaded, expected):
+        raise CvaeError(wrong_class.format(path=path, held=type(loaded).__name__))
+    return loaded

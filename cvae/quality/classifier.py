@@ -19,7 +19,7 @@ from cvae.core.atomic import replace_file
 from cvae.core.config import Params
 from cvae.core.errors import CvaeError
 from cvae.data.dataset import PreparedSplit, load_split, tf_dataset
-from cvae.model.files import first_line, require_keras_file, saved_class_name
+from cvae.model.files import load_keras_file
 from cvae.model.networks import PACKAGE
 
 
@@ -68,17 +68,8 @@ def build_classifier(image_size: int, attribute_names: list[str], filters: list[
 
 def load_classifier(path: str | Path) -> AttributeClassifier:
     """The attribute classifier at `path`, or a CvaeError that says why the file is not one."""
-    require_keras_file(path, "classifier")
-    held = saved_class_name(path)
-    if held not in (None, "AttributeClassifier"):  # named from the archive: no need to import its code
-        raise CvaeError(f"{path} holds a {held}, not a cvae attribute classifier")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # noqa: BLE001 (Keras raises TypeError, ValueError, ... on a foreign file)
-        raise CvaeError(f"{path}: not a cvae attribute classifier: {first_line(exc)}") from None
-    if not isinstance(model, AttributeClassifier):
-        raise CvaeError(f"{path} holds a {type(model).__name__}, not a cvae attribute classifier")
-    return model
+    return load_keras_file(path, AttributeClassifier, "classifier", "a cvae attribute classifier",
+                           "{path} holds a {held}, not a cvae attribute classifier")
 
 
 def predict_attributes(classifier: AttributeClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
