@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orchestration.assets import build_stage_assets
+from orchestration.dvc_history import dvc_lock_history
 from orchestration.dvc_pipeline import DvcProject
 from orchestration.schedules import nightly_retrain, record_run_failures, retrain_job
 
@@ -10,6 +11,6 @@ defs = dg.Definitions(
     assets=build_stage_assets(),
     jobs=[retrain_job],
     schedules=[nightly_retrain],
-    sensors=[record_run_failures],
+    sensors=[record_run_failures, dvc_lock_history],
     resources={"dvc": DvcProject(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
 )

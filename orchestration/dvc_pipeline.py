@@ -121,6 +121,12 @@ class DvcProject(dg.ConfigurableResource):
         bin_dir = str(Path(sys.executable).parent)
         return {"PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
 
+    def workspace_lock(self) -> FileLock:
+        """The OS file lock that one Dagster step at a time holds while it uses DVC's workspace."""
+        lock_path = self.root / ".dvc" / "tmp" / "dagster-step.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(lock_path)
+
     @contextmanager
     def turn(self, context: dg.AssetExecutionContext) -> Iterator[None]:
         """Hold this project's DVC workspace for one asset step, across processes.
@@ -131,9 +137,7 @@ class DvcProject(dg.ConfigurableResource):
         lock, which DVC releases while a stage's command runs, so the second run then fails on
         "'data/...' is busy". An OS file lock makes the status check and the repro one turn.
         """
-        lock_path = self.root / ".dvc" / "tmp" / "dagster-step.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(lock_path)
+        lock = self.workspace_lock()
         try:
             lock.acquire(timeout=0)
         except TimeoutError:  # filelock.Timeout subclasses it

@@ -257,3 +257,50 @@ def test_a_labelled_set_with_other_names_runs_end_to_end_with_only_the_source_ch
     for name, chosen in shown.items():
         settings = chosen.values() if isinstance(chosen, dict) else [chosen]
         assert {attribute for setting in settings for attribute in setting} <= set(names), name
+
+
+def test_dagster_sees_what_dvc_repro_ran_once(reproduced):
+    """`dvc repro` outside Dagster: the dvc.lock sensor reports every stage as a materialisation
+    of its asset, with the lock's hashes as data version; an unchanged lock reports nothing."""
+    import dagster as dg
+
+    from orchestration.assets import STAGE_ASSETS
+    from orchestration.dvc_history import DATA_VERSION_TAG, RECORDED_BY_DVC, SOURCE_TAG, dvc_lock_history
+    from orchestration.dvc_pipeline import DvcProject, data_version, recorded_outputs
+    from tests.conftest import DVC
+
+    repo, _ = reproduced
+    resources = {"dvc": DvcProject(project_dir=str(repo), dvc_executable=DVC)}
+    with dg.DagsterInstance.ephemeral() as instance:
+        def tick() -> dg.SensorResult:
+            return dvc_lock_history(dg.build_sensor_context(instance=instance, resources=resources))
+
+        first = tick()
+        reported = {event.asset_key.to_user_string(): event for event in first.asset_events}
+        assert list(reported) == [STAGE_ASSETS[stage].name for stage in STAGES]  # upstream first
+        for stage in STAGES:
+            event = reported[STAGE_ASSETS[stage].name]
+            assert event.tags[DATA_VERSION_TAG] == data_version(recorded_outputs(repo, stage)).value
+            assert event.tags[SOURCE_TAG] == RECORDED_BY_DVC
+            assert event.metadata["dvc_stage"].value == stage
+        assert reported["evaluation_metrics"].metadata["fidelity/mean"].value == \
+            json.loads((repo / "reports/metrics.json").read_text())["fidelity"]["mean"]
+        for event in first.asset_events:  # what the daemon does with a sensor's asset events
+            instance.report_runless_asset_event(event)
+        for asset in reported:
+            latest = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            assert latest.run_id == "" and latest.asset_materialization.tags[SOURCE_TAG] == RECORDED_BY_DVC
+
+        second = tick()
+        assert not second.asset_events and second.skip_reason  # nothing new in dvc.lock
+
+        # a model dvc.lock records anew (as `dvc repro` would write it), seen once the workspace is free
+        lock = repo / "dvc.lock"
+        recorded = lock.read_text()
+        try:
+            lock.write_text(recorded.replace(recorded_outputs(repo, "train")["models/cvae.keras"], "0" * 32))
+            with DvcProject(project_dir=str(repo)).workspace_lock():  # a Dagster step is using DVC
+                assert not tick().asset_events
+            assert [event.asset_key.to_user_string() for event in tick().asset_events] == ["cvae_model"]
+        finally:
+            lock.write_text(recorded)
