@@ -14,8 +14,9 @@ UV := $(CURDIR)/$(UV_VENV)/bin/uv
 DVC_VENV := .venv-dvc
 DVC_VERSION := 3.67.1
 DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
-# The GPU build of TensorFlow when an NVIDIA driver is present.
-EXTRAS := --extra dev$(if $(shell command -v nvidia-smi 2>/dev/null), --extra gpu,)
+# The test tools and the team deployment's libraries (docs/deploy.md); the GPU build of
+# TensorFlow when an NVIDIA driver is present.
+EXTRAS := --extra dev --extra deploy$(if $(shell command -v nvidia-smi 2>/dev/null), --extra gpu,)
 # Stage commands in dvc.yaml call `cvae`: the project's bin comes first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DAGSTER_HOME := $(CURDIR)/.dagster
@@ -58,10 +59,11 @@ PYTEST_WORKERS ?= auto
 test: setup
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
-# The Dagster UI (webserver and daemon) on 127.0.0.1, with a persistent DAGSTER_HOME.
+# The Dagster UI (webserver and daemon) on 127.0.0.1, with a persistent DAGSTER_HOME. Its
+# dagster.yaml follows the environment: SQLite there by default, PostgreSQL and S3 step logs
+# when DAGSTER_PG_HOST and CVAE_LOGS_S3_BUCKET are set (orchestration/instance.py).
 ui: setup
-	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/python -m orchestration.instance $(DAGSTER_HOME)
 	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
 
 $(VENV)/.bench-installed: $(VENV)/.installed

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,8 @@ from PIL import Image
 
 from cvae.figures import CAPTIONS
 from orchestration.assets import OWNERS, STAGE_ASSETS
-from tests.conftest import BIN, PROJECT, make_dvc_repo, stage_env, tiny_params_dict
+from orchestration.instance import write_instance_settings
+from tests.conftest import BIN, make_dvc_repo, stage_env, tiny_params_dict
 from tests.test_dagster import WIDE
 
 # a real `dagster dev` materializing every asset: minutes
@@ -223,21 +224,18 @@ def _stop(server: subprocess.Popen) -> None:
     server.wait()
 
 
-@pytest.fixture
-def dagster_ui(tmp_path) -> Iterator[Dagster]:
-    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": WIDE}))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT / "orchestration/dagster.yaml", home / "dagster.yaml")  # as `make ui` does
+@contextmanager
+def dagster_dev(repo: Path, home: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[Dagster]:
+    """`dagster dev` (webserver, daemon, code server) for `repo` with the instance in `home`,
+    as `make ui` starts it, from the project folder, in a session of its own to stop as one group."""
     port = _free_port()
-    dagster = Dagster(url=f"http://127.0.0.1:{port}", log=tmp_path / "dagster-dev.log", project=repo)
-    env = {**stage_env(), "DAGSTER_HOME": str(home), "CVAE_PROJECT_DIR": str(repo)}
-    with dagster.log.open("w") as log:
-        # as `make ui` starts it, from the temporary project, in a session of its own to stop as one group
+    dagster = Dagster(url=f"http://127.0.0.1:{port}", log=log, project=repo)
+    env = {**stage_env(), **(env or {}), "DAGSTER_HOME": str(home), "CVAE_PROJECT_DIR": str(repo)}
+    with dagster.log.open("a") as out:
         server = subprocess.Popen(
             [str(BIN / "dagster"), "dev", "-m", "orchestration.definitions",
              "--host", "127.0.0.1", "--port", str(port)],
-            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         dagster.location, dagster.repository = _wait_until_loaded(dagster, server)
@@ -246,9 +244,20 @@ def dagster_ui(tmp_path) -> Iterator[Dagster]:
         _stop(server)
 
 
-def _materialize_all(dagster: Dagster) -> str:
+@pytest.fixture
+def dagster_ui(tmp_path) -> Iterator[Dagster]:
+    repo = make_dvc_repo(tmp_path / "project", tiny_params_dict(validate={"prevalence": WIDE}))
+    home = tmp_path / "dagster_home"
+    write_instance_settings(home, environ={})  # as `make ui` does with no servers configured
+    with dagster_dev(repo, home, tmp_path / "dagster-dev.log") as dagster:
+        yield dagster
+
+
+def _materialize_all(dagster: Dagster, only: set[str] | None = None) -> str:
+    """Launch a run as the UI's "Materialize all" does (or "Materialize selected", of `only`)."""
     nodes = [node for node in dagster.query(ASSET_NODES)["assetNodes"] if node["isMaterializable"]]
     assert {"/".join(node["assetKey"]["path"]) for node in nodes} == ALL_ASSETS
+    nodes = [node for node in nodes if only is None or "/".join(node["assetKey"]["path"]) in only]
     for node in nodes:
         assert ASSET_JOB in node["jobNames"]
         assert [owner.get("team") or owner.get("email") for owner in node["owners"]] == [
