@@ -13,6 +13,8 @@ UV := $(CURDIR)/$(UV_VENV)/bin/uv
 # dvc-requirements.txt (`make lock` writes both lock files).
 DVC_VENV := .venv-dvc
 DVC_VERSION := 3.67.1
+# DVC's S3 remote (`dvc push` to S3 or any S3-compatible store, docs/deploy.md)
+DVC_S3_VERSION := 3.3.0
 DVC := $(CURDIR)/$(DVC_VENV)/bin/dvc
 # The test tools and the team deployment's libraries (docs/deploy.md); the GPU build of
 # TensorFlow when an NVIDIA driver is present.
@@ -45,7 +47,7 @@ $(DVC_VENV)/.installed: dvc-requirements.txt | $(UV)
 # Re-pin after changing pyproject.toml's dependencies or DVC_VERSION.
 lock: $(UV)
 	$(UV) lock $(UV_FLAGS)
-	echo "dvc==$(DVC_VERSION)" | $(UV) pip compile $(UV_FLAGS) --universal --generate-hashes \
+	printf 'dvc==$(DVC_VERSION)\ndvc-s3==$(DVC_S3_VERSION)\n' | $(UV) pip compile $(UV_FLAGS) --universal --generate-hashes \
 		--custom-compile-command "make lock" - -o dvc-requirements.txt
 
 # The whole pipeline through DVC, so dvc.lock records every stage.

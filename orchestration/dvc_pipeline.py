@@ -27,6 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # step log lines of DvcProject.turn
 TURN_TAKEN, TURN_ENDED = "took the DVC workspace of", "gave back the DVC workspace of"
 WAITING = "waiting for another step's DVC run in"
+OUTPUT_KINDS = ("outs", "metrics", "plots")  # what a stage in dvc.yaml may write
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,16 @@ class Stage:
     command: tuple[str, ...]  # its `cmd`, split as a shell would
     deps: tuple[str, ...]
     outs: tuple[str, ...]  # outs, metrics and plots declared by the stage
+    always_changed: bool = False
+    persistent_outs: tuple[str, ...] = ()  # outputs kept across reruns (`persist: true`)
+    uncached_outs: tuple[str, ...] = ()  # outputs DVC does not cache (`cache: false`)
+
+    @property
+    def runs_elsewhere(self) -> bool:
+        """Whether a run of this stage on another machine can be restored here from the
+        run-cache it pushed. DVC saves no run of an always_changed stage or of one with
+        persist outputs, and `dvc push` sends no uncached output, so those stay here."""
+        return not (self.always_changed or self.persistent_outs or self.uncached_outs)
 
     def path(self, option: str) -> str:
         """The path the stage's command passes with `option` ("--model" -> "models/cvae.keras")."""
@@ -47,6 +58,11 @@ class Stage:
 def _paths(entries: list) -> tuple[str, ...]:
     # an entry is "path" or {"path": {options}}
     return tuple(next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries or [])
+
+
+def _with_option(entries: list, option: str, value: bool) -> tuple[str, ...]:
+    return tuple(path for entry in entries or [] if isinstance(entry, dict)
+                 for path, options in entry.items() if (options or {}).get(option, not value) == value)
 
 
 def read_stages(dvc_yaml: Path) -> dict[str, Stage]:
@@ -61,6 +77,9 @@ def read_stages(dvc_yaml: Path) -> dict[str, Stage]:
             command=tuple(shlex.split(body["cmd"])),
             deps=_paths(body.get("deps")),
             outs=_paths(body.get("outs")) + _paths(body.get("metrics")) + _paths(body.get("plots")),
+            always_changed=bool(body.get("always_changed")),
+            persistent_outs=sum((_with_option(body.get(kind), "persist", True) for kind in OUTPUT_KINDS), ()),
+            uncached_outs=sum((_with_option(body.get(kind), "cache", False) for kind in OUTPUT_KINDS), ()),
         )
         for name, body in spec["stages"].items()
     }
