@@ -1,7 +1,7 @@
-"""DVC's remote on a real S3 server (SeaweedFS on 127.0.0.1), and the field's recipe for stages
-that run on another machine: the worker runs `dvc repro --single-item --pull <stage>` and
-pushes outputs and run-cache; the orchestrating clone restores the stage from the run-cache
-and alone writes dvc.lock."""
+"""DVC's remote and Dagster's step logs on a real S3 server (SeaweedFS on 127.0.0.1), and the
+field's recipe for stages that run on another machine: the worker runs `dvc repro
+--single-item --pull <stage>` and pushes outputs and run-cache; the orchestrating clone
+restores the stage from the run-cache and alone writes dvc.lock."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import subprocess
 import pytest
 import yaml
 
+from orchestration.assets import STAGE_ASSETS
 from orchestration.dvc_pipeline import PROJECT_ROOT, read_stages
-from tests.conftest import DVC, dvc, dvc_changes, make_dvc_repo, run, stage_env, tiny_params_dict
+from orchestration.instance import write_instance_settings
+from tests.conftest import BIN, DVC, dvc, dvc_changes, make_dvc_repo, run, stage_env, tiny_params_dict
 from tests.servers import s3_server
 
 BUCKET = "cvae-dvc"
@@ -97,3 +99,25 @@ def test_a_worker_trains_and_the_orchestrator_restores_it_from_the_s3_run_cache(
         assert dvc_changes(orchestrator) == {}
         assert (orchestrator / "models/cvae.keras").read_bytes() == model
         assert {stage: _locked_md5(orchestrator, stage) for stage in before} == before
+
+
+@pytest.mark.slow
+def test_step_logs_go_to_the_s3_bucket(tmp_path):
+    bucket = "cvae-logs"
+    with s3_server(tmp_path / "s3", buckets=(bucket,)) as s3:
+        repo = make_dvc_repo(tmp_path / "project", tiny_params_dict())
+        env = {**s3.env(), "CVAE_LOGS_S3_BUCKET": bucket}
+        home = tmp_path / "dagster_home"
+        write_instance_settings(home, environ=env)
+        result = subprocess.run(
+            [str(BIN / "dagster"), "asset", "materialize", "-m", "orchestration.definitions",
+             "--select", STAGE_ASSETS["check_source"].name],
+            cwd=repo, env={**stage_env(), **env, "DAGSTER_HOME": str(home), "CVAE_PROJECT_DIR": str(repo)},
+            capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+        # an upload that failed would not fail the run: read the logs back from the bucket
+        client = s3.client()
+        keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert keys and all(key.startswith("dagster-logs/storage/") for key in keys), keys
+        logged = "".join(client.get_object(Bucket=bucket, Key=key)["Body"].read().decode() for key in keys)
+        assert "check-source: synthetic faces" in logged  # the stage command's own output
