@@ -29,6 +29,7 @@ from orchestration.dvc_pipeline import (
     recorded_outputs,
     upstream_stages,
 )
+from orchestration.gpu_pod import GPU_STAGE, GpuPod
 
 DVC_POOL = "dvc"  # assets that call DVC run one at a time: DVC locks its workspace
 VALIDATION_CHECK = "attribute_table_valid"  # blocking: a critical expectation failed
@@ -150,7 +151,7 @@ def _lock_metadata(root: Path, stage: str) -> tuple[dict, dg.DataVersion]:
 
 
 def _source_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProject,
-                   pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+                   pipes: dg.PipesSubprocessClient, gpu_pod: GpuPod) -> dg.MaterializeResult:
     """Re-check the source (DVC runs this stage every time) and say whether it changed."""
     fingerprint = dvc.root / stage.path("--out")
     before = fingerprint.read_bytes() if fingerprint.exists() else None
@@ -168,7 +169,7 @@ def _source_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProj
 
 
 def _validation_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProject,
-                       pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+                       pipes: dg.PipesSubprocessClient, gpu_pod: GpuPod) -> dg.MaterializeResult:
     """Run `validate`; a data failure is a failed blocking check, not a crashed asset, so the
     UI shows which expectations failed while `prepare` and `train` are held back."""
     changes = dvc.pending_changes(stage.name)
@@ -212,12 +213,17 @@ def _validation_result(stage: Stage, context: dg.AssetExecutionContext, dvc: Dvc
 
 
 def _stage_result(stage: Stage, context: dg.AssetExecutionContext, dvc: DvcProject,
-                  pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+                  pipes: dg.PipesSubprocessClient, gpu_pod: GpuPod) -> dg.MaterializeResult:
     """One stage's asset body, run while this step holds the DVC workspace."""
     force = stage.name == FORCED_STAGE and load_params(dvc.root / "params.yaml").retrain.force
-    run_metadata = _run_metadata(dvc.pending_changes(stage.name), force)
+    changes = dvc.pending_changes(stage.name)
+    run_metadata = _run_metadata(changes, force)
     context.log.info(f"{stage.name}: {run_metadata['dvc_run']}")
-    dvc.repro(context, pipes, stage.name, force=force)
+    if stage.name == GPU_STAGE and gpu_pod.enabled and (changes or force):
+        gpu_pod.run(context, stage.name, force=force)  # trains there and pushes the run
+        dvc.repro(context, pipes, stage.name, pull=True)  # restored from the run-cache, recorded here
+    else:
+        dvc.repro(context, pipes, stage.name, force=force)
     lock_metadata, version = _lock_metadata(dvc.root, stage.name)
     return dg.MaterializeResult(
         metadata={**STAGE_ASSETS[stage.name].describe(dvc.root, stage), **run_metadata, **lock_metadata},
@@ -273,9 +279,9 @@ def _stage_asset(stage: Stage, upstream: set[str]) -> dg.AssetsDefinition:
         metadata={"dvc_stage": stage.name},
     )
     def _asset(context: dg.AssetExecutionContext, dvc: DvcProject,
-               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+               pipes_subprocess_client: dg.PipesSubprocessClient, gpu_pod: GpuPod) -> dg.MaterializeResult:
         with dvc.turn(context):
-            return spec.run(stage, context, dvc, pipes_subprocess_client)
+            return spec.run(stage, context, dvc, pipes_subprocess_client, gpu_pod)
 
     return _asset
 

@@ -5,6 +5,7 @@ import dagster as dg
 from orchestration.assets import build_stage_assets
 from orchestration.dvc_history import dvc_lock_history
 from orchestration.dvc_pipeline import DvcProject
+from orchestration.gpu_pod import GpuPod
 from orchestration.schedules import nightly_retrain, record_run_failures, retrain_job
 
 defs = dg.Definitions(
@@ -12,5 +13,5 @@ defs = dg.Definitions(
     jobs=[retrain_job],
     schedules=[nightly_retrain],
     sensors=[record_run_failures, dvc_lock_history],
-    resources={"dvc": DvcProject(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
+    resources={"dvc": DvcProject(), "pipes_subprocess_client": dg.PipesSubprocessClient(), "gpu_pod": GpuPod()},
 )

@@ -179,13 +179,14 @@ class DvcProject(dg.ConfigurableResource):
         return describe_status(json.loads(result.stdout or "{}").get(stage, []))
 
     def repro(self, context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient, stage: str,
-              force: bool = False, check: bool = True) -> bool:
+              force: bool = False, check: bool = True, pull: bool = False) -> bool:
         """Run one stage (not its upstream: Dagster orders those) and let DVC record it.
 
         With check=False a failed stage returns False rather than failing the step, for a
-        caller that reports the failure itself (the validate asset's blocking check)."""
+        caller that reports the failure itself (the validate asset's blocking check). With
+        pull, DVC first looks for the run in the remote's run-cache (a run on another machine)."""
         command = [self.dvc_command(), "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []),
-                   stage]
+                   *(["--pull"] if pull else []), stage]
         context.log.info(f"{' '.join(command[1:])} in {self.root}")
         try:
             pipes.run(context=context, command=command, cwd=str(self.root), env=self.stage_env())

@@ -14,6 +14,7 @@ from orchestration.assets import OWNERS, STAGE_ASSETS, VALIDATION_CHECK, WARNING
 from orchestration.definitions import defs
 from orchestration.dvc_history import dvc_lock_history
 from orchestration.dvc_pipeline import DvcProject, read_stages
+from orchestration.gpu_pod import GpuPod
 from orchestration.schedules import nightly_retrain
 from tests.conftest import BIN, DVC, PROJECT, dvc, dvc_changes, make_dvc_repo, run, tiny_params_dict
 
@@ -23,7 +24,7 @@ WIDE = {"Male": [0.0, 1.0], "Smiling": [0.0, 1.0], "Eyeglasses": [0.0, 1.0]}
 
 def resources(repo):
     return {"dvc": DvcProject(project_dir=str(repo), dvc_executable=DVC),
-            "pipes_subprocess_client": dg.PipesSubprocessClient()}
+            "pipes_subprocess_client": dg.PipesSubprocessClient(), "gpu_pod": GpuPod(image="")}
 
 
 def materialized(result):
