@@ -35,6 +35,7 @@ DVC_POOL = "dvc"  # assets that call DVC run one at a time: DVC locks its worksp
 VALIDATION_CHECK = "attribute_table_valid"  # blocking: a critical expectation failed
 WARNINGS_CHECK = "no_data_warnings"  # not blocking: prevalence (action warn) or files without a row
 FORCED_STAGE = "train"  # retrain.force reruns this stage, and so everything downstream of it
+CELERY_QUEUE_TAG, GPU_QUEUE = "dagster-celery/queue", "gpu"  # the other steps take the default queue
 OWNERS = ["team:ml"]  # shown in the UI; Dagster accepts "team:<name>" or an email address
 
 
@@ -277,6 +278,8 @@ def _stage_asset(stage: Stage, upstream: set[str]) -> dg.AssetsDefinition:
         pool=DVC_POOL,
         check_specs=check_specs,
         metadata={"dvc_stage": stage.name},
+        # on Celery workers (the retrain_on_celery job) the GPU stage goes to the `gpu` queue
+        op_tags={CELERY_QUEUE_TAG: GPU_QUEUE} if stage.name == GPU_STAGE else None,
     )
     def _asset(context: dg.AssetExecutionContext, dvc: DvcProject,
                pipes_subprocess_client: dg.PipesSubprocessClient, gpu_pod: GpuPod) -> dg.MaterializeResult:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+from dagster_celery import celery_executor
 
 from orchestration.dvc_pipeline import DvcProject
 
@@ -16,6 +17,19 @@ retrain_job = dg.define_asset_job(
     description="Re-check the data source, then run every stage through DVC: unchanged stages are skipped by "
                 "DVC's cache (retrain.force retrains anyway), and the promote stage replaces the production model "
                 "only when the quality gate passes.",
+)
+
+# The same graph on Celery workers (docs/deploy.md): start `dagster-celery worker start -q gpu`
+# on the GPU machine and one on the default queue, with CVAE_CELERY_BROKER (and _BACKEND) set.
+retrain_on_celery = dg.define_asset_job(
+    "retrain_on_celery",
+    selection=dg.AssetSelection.all(),
+    executor_def=celery_executor.configured(
+        {"broker": {"env": "CVAE_CELERY_BROKER"}, "backend": {"env": "CVAE_CELERY_BACKEND"}},
+        name="celery_from_environment",
+    ),
+    description="The retrain job with each step on a Celery worker: the cvae_model step on the `gpu` queue, "
+                "the others on the default queue. The workers share this project folder and Dagster instance.",
 )
 
 nightly_retrain = dg.ScheduleDefinition(
