@@ -25,7 +25,7 @@ DAGSTER_HOME := $(CURDIR)/.dagster
 PIP_FLAGS := --quiet --disable-pip-version-check
 UV_FLAGS := --quiet --python $(PYTHON)
 
-.PHONY: setup lock run test ui bench clean
+.PHONY: setup lock run test ui studio bench clean
 
 # .venv/bin/dvc links to DVC's own virtualenv: with .venv activated, `dvc repro` works
 setup: $(VENV)/.installed $(DVC_VENV)/.installed
@@ -67,6 +67,10 @@ test: setup
 ui: setup
 	$(VENV)/bin/python -m orchestration.instance $(DAGSTER_HOME)
 	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -m orchestration.definitions --host 127.0.0.1 --port 3000
+
+# The face studio on http://127.0.0.1:8765 for the production model (after `make run`).
+studio: setup
+	$(VENV)/bin/cvae studio
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(UV) sync $(UV_FLAGS) --locked $(EXTRAS) --extra bench

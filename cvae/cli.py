@@ -341,6 +341,41 @@ def _add_production(commands) -> None:
     command.set_defaults(run=_production)
 
 
+def _studio(args: argparse.Namespace) -> None:
+    from cvae.studio import LOCAL_HOSTS, Studio, serve
+
+    if args.host not in LOCAL_HOSTS and not args.allow_remote:
+        raise CvaeError(f"--host {args.host} would let other machines use the studio (it has no login);"
+                        " add --allow-remote to do so on purpose")
+    _require_production(args.model)
+    studio = Studio(args.model, args.classifier, _crop(args.params))
+    print(f"studio: {args.model} ({len(studio.names)} attributes) on http://{args.host}:{args.port}/"
+          " (Ctrl-C stops it)", flush=True)
+    serve(studio, args.host, args.port)
+
+
+def _add_studio(commands) -> None:
+    command = commands.add_parser(
+        "studio", help="steer the model live in a browser page",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Serve a page that decodes faces as you move sliders: one per attribute the model is
+conditioned on and a few for the latent code's main directions, a new random face (its
+seed shown), a photo to upload and edit, and a PNG download that records what made it.""",
+        epilog="example: cvae studio --port 8765   then open http://127.0.0.1:8765/")
+    command.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
+    command.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: %(default)s, this machine only)")
+    command.add_argument("--allow-remote", action="store_true",
+                         help="allow a --host that other machines reach: anyone there can use the studio")
+    _add_path_option(command, *MODEL)
+    _add_path_option(command, *CLASSIFIER)
+    command.add_argument("--params", type=Path, metavar="PATH",
+                         help=f"params file whose data.crop frames an uploaded face (default: {DEFAULT_PARAMS} if"
+                              " present, else the largest centred square)")
+    command.set_defaults(run=_studio)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvae", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -354,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_path_option(command, option, default, what)
     _add_generate(commands)
     _add_edit(commands)
+    _add_studio(commands)
     _add_provenance(commands)
     _add_production(commands)
     return parser

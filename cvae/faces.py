@@ -122,7 +122,7 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
         raise CvaeError(f"the seed (--seed) must be from 0 to 2**63 - 1, not {seed}")
     out_dir = Path(out_dir)
     _require_directory_target(out_dir)
-    pinned = _pin(model_path)
+    pinned = pin_model(model_path)
     model = load_cvae(pinned)
     check_attribute_names(settings, model.attribute_names)
     seed = int(np.random.default_rng().integers(SEED_LIMIT)) if seed is None else seed
@@ -131,16 +131,16 @@ def generate_faces(settings: dict[str, float], count: int, seed: int | None, out
                                            np.random.default_rng(seed))
     faces = np.asarray(model.generate(conditions, seed=seed))
 
-    provenance = {**_model_provenance(model_path, pinned), "cvae:seed": str(seed)}
+    provenance = {**model_provenance(model_path, pinned), "cvae:seed": str(seed)}
     width = len(str(count - 1))
     files = {
-        f"face-{index:0{width}d}.png": _png([face], {
-            "cvae:attributes": _attributes_json(model.attribute_names, condition), **provenance,
+        f"face-{index:0{width}d}.png": png_bytes([face], {
+            "cvae:attributes": attributes_json(model.attribute_names, condition), **provenance,
             "cvae:index": str(index),
         })
         for index, (face, condition) in enumerate(zip(faces, conditions, strict=True))
     }
-    files[GRID_FILE] = _png(faces, {"cvae:settings": json.dumps(settings), "cvae:count": str(count),
+    files[GRID_FILE] = png_bytes(faces, {"cvae:settings": json.dumps(settings), "cvae:count": str(count),
                                     **provenance})
     paths = _write_together(out_dir, files)
     return GeneratedFaces(paths, seed, agreeing, len(table))
@@ -159,7 +159,7 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
     _require_readable_image(image_path)
     if out_path.is_dir():
         raise CvaeError(f"{out_path}: is a directory; --out takes the path of the PNG to write")
-    pinned = _pin(model_path)
+    pinned = pin_model(model_path)
     model = load_cvae(pinned)
     names = model.attribute_names
     check_attribute_names(edits, names)
@@ -171,28 +171,28 @@ def edit_face(image_path: str | Path, edits: dict[str, float], out_path: str | P
     after = before.copy()
     after[[names.index(name) for name in edits]] = list(edits.values())
 
-    image = _load_face(image_path, crop, _image_size(model.encoder))
+    image = load_face(image_path, crop, input_size(model.encoder))
     z_mean = np.asarray(model.encoder([image[None], before[None]])[0])  # the posterior mean: no noise
     edited = np.asarray(model.decoder([z_mean, after[None]]))
-    png = _png(edited, {
+    png = png_bytes(edited, {
         "cvae:source": str(image_path),
-        "cvae:attributes_before": _attributes_json(names, before),
-        "cvae:attributes_after": _attributes_json(names, after),
+        "cvae:attributes_before": attributes_json(names, before),
+        "cvae:attributes_after": attributes_json(names, after),
         "cvae:attributes_from": f"{attributes_from} {attributes_path}",
-        **_model_provenance(model_path, pinned),
+        **model_provenance(model_path, pinned),
     })
     _write_file(out_path, png)
     return EditedFace(out_path, dict(zip(names, before.tolist())), dict(zip(names, after.tolist())))
 
 
-def _pin(model_path: str | Path) -> Path:
+def pin_model(model_path: str | Path) -> Path:
     """The file behind `model_path` (models/production is a symlink that a promotion may
     switch at any moment): the model is read from there, and its provenance names it."""
     path = Path(model_path)
     return path.resolve() if path.exists() else path
 
 
-def _model_provenance(model_path: str | Path, pinned: Path) -> dict[str, str]:
+def model_provenance(model_path: str | Path, pinned: Path) -> dict[str, str]:
     from cvae.registry.store import file_md5
 
     chunks = {"cvae:model": str(model_path), "cvae:model_md5": file_md5(pinned)}
@@ -206,8 +206,8 @@ def _attributes_by_classifier(classifier_path: str | Path, image_path: Path, cro
     from cvae.quality.classifier import predict_attributes
 
     classifier = load_classifier(classifier_path)
-    columns = _columns(names, classifier.attribute_names, f"the classifier {classifier_path}")
-    image = _load_face(image_path, crop, _image_size(classifier.network))
+    columns = attribute_columns(names, classifier.attribute_names, f"the classifier {classifier_path}")
+    image = load_face(image_path, crop, input_size(classifier.network))
     return predict_attributes(classifier, image[None])[0, columns].astype(np.float32)
 
 
@@ -215,7 +215,7 @@ def _attributes_from_file(attribute_file: str | Path, image_path: Path, names: l
     from cvae.core.celeba import load_attributes
 
     attributes = load_attributes(attribute_file)
-    columns = _columns(names, attributes.names, f"the attribute file {attribute_file}")
+    columns = attribute_columns(names, attributes.names, f"the attribute file {attribute_file}")
     try:
         row = attributes.image_ids.index(image_path.name)
     except ValueError:
@@ -224,7 +224,7 @@ def _attributes_from_file(attribute_file: str | Path, image_path: Path, names: l
     return attributes.values[row, columns].astype(np.float32)
 
 
-def _columns(needed: list[str], available: list[str], source: str) -> list[int]:
+def attribute_columns(needed: list[str], available: list[str], source: str) -> list[int]:
     """Where each of the model's attributes sits in `source`'s list."""
     missing = [name for name in needed if name not in available]
     if missing:
@@ -233,7 +233,7 @@ def _columns(needed: list[str], available: list[str], source: str) -> list[int]:
     return [available.index(name) for name in needed]
 
 
-def _load_face(path: Path, crop: int, size: int) -> np.ndarray:
+def load_face(path: Path, crop: int, size: int) -> np.ndarray:
     from cvae.data.dataset import to_unit_range
     from cvae.data.prepare import load_square
 
@@ -242,7 +242,7 @@ def _load_face(path: Path, crop: int, size: int) -> np.ndarray:
     return to_unit_range(load_square(path, crop, size, reduction=1))
 
 
-def _image_size(network) -> int:
+def input_size(network) -> int:
     return network.inputs[0].shape[1]
 
 
@@ -259,12 +259,12 @@ def _require_directory_target(out_dir: Path) -> None:
         raise CvaeError(f"{out_dir}: exists and is not a directory; --out takes a directory")
 
 
-def _attributes_json(names: list[str], values: np.ndarray) -> str:
+def attributes_json(names: list[str], values: np.ndarray) -> str:
     # rounded: a float32 0.1 would otherwise read 0.10000000149011612
     return json.dumps({name: round(float(value), 6) for name, value in zip(names, values, strict=True)})
 
 
-def _png(images: np.ndarray, text: dict[str, str]) -> bytes:
+def png_bytes(images: np.ndarray, text: dict[str, str]) -> bytes:
     """One image as it is (a grid with no gap), several as a square-ish grid; `text` in
     the PNG's tEXt chunks."""
     info = PngInfo()

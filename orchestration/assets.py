@@ -109,6 +109,10 @@ def _promotion_metadata(root: Path, stage: Stage) -> dict:
         **{name: dg.MetadataValue.float(value) for name, value in gated_numbers(decision).items()},
         "decision_path": dg.MetadataValue.path(str(root / stage.path("--decision"))),
         "production_path": dg.MetadataValue.path(str(root / stage.path("--production"))),
+        # the page that steers this model live (docs/studio.md)
+        "open_in_studio": dg.MetadataValue.md(
+            f"`cvae studio --model {root / stage.path('--production') / 'cvae.keras'}` "
+            "(or `make studio` in the project), then open <http://127.0.0.1:8765/>"),
     }
 
 

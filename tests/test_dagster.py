@@ -152,6 +152,7 @@ def test_materializing_everything_leaves_dvc_clean(tmp_path):
     decision = json.loads((repo / "reports/promotion.json").read_text())
     assert (promotion["decision"].value, promotion["reason"].value) == ("promoted", "no production model yet")
     assert promotion["production_version"].value == decision["production"]
+    assert f"cvae studio --model {repo / 'models/production/cvae.keras'}" in promotion["open_in_studio"].value
     assert (repo / "models/production").resolve() == repo / "models/registry" / decision["production"]
     assert model["dvc_reran"].value is True and model["dvc_run"].value.startswith("ran: ")
 

@@ -147,7 +147,8 @@ def test_a_failed_run_is_appended_to_the_failure_log(tmp_path):
     assert entry["error"]  # Dagster's one-line summary of the failure
 
 
-def test_the_failure_sensor_and_the_schedule_are_on_by_default():
+def test_the_sensors_and_the_schedule_are_on_by_default():
     assert defs.resolve_sensor_def("record_run_failures").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_sensor_def("dvc_lock_history").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("nightly_retrain").default_status == dg.DefaultScheduleStatus.RUNNING
 

@@ -413,3 +413,42 @@ def test_the_adversary_makes_an_attribute_that_z_could_carry_follow_c():
         edited = np.asarray(model.decoder([z_mean, flipped])).mean(axis=(1, 2, 3))
         success[weight] = float(np.mean(np.sign(edited - 0.5) == flipped[:, 0]))
     assert success[0.0] < 0.4 and success[200.0] > 0.7  # measured: 0.19 and 0.90
+
+
+def _resaved_with_config(source, target, change) -> None:
+    """Copy a .keras file with its config.json changed by `change` (as an older release saved it)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            data = old.read(item.filename)
+            if item.filename == "config.json":
+                saved = json.loads(data)
+                change(saved["config"])
+                data = json.dumps(saved).encode()
+            new.writestr(item, data)
+
+
+def test_a_model_saved_with_flat_weights_and_a_retired_option_still_loads(tmp_path):
+    """Registry versions saved before the weights became one LossWeights keep loading: a
+    rollback may go to any of them."""
+    model = tiny_cvae(beta=2.0, decoder_std=0.15, xcov=100.0, steer=30.0, critic_fake=0.5)
+    model.save(tmp_path / "today.keras")
+
+    def flatten(config):
+        weights = config.pop("loss_weights")
+        config.update({key if key in ("beta", "decoder_std", "kl_warmup_steps", "steer_mask") else f"{key}_weight": value
+                       for key, value in weights.items()})
+        config["steer_targets"] = "shuffled"
+
+    _resaved_with_config(tmp_path / "today.keras", tmp_path / "older.keras", flatten)
+    older = load_cvae(tmp_path / "older.keras")
+    assert older.loss_weights == model.loss_weights
+    np.testing.assert_array_equal(older.decoder.get_weights()[0], model.decoder.get_weights()[0])
+
+    # a retired option with a value that is no longer built in is still refused
+    _resaved_with_config(tmp_path / "older.keras", tmp_path / "other.keras",
+                         lambda config: config.update(steer_targets="fixed"))
+    with pytest.raises(CvaeError, match="steer_targets"):
+        load_cvae(tmp_path / "other.keras")

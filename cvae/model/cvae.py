@@ -307,11 +307,33 @@ class CVAE(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = upgraded_config(config)
         for network in ("encoder", "decoder", "critic", "adversary"):
             if config.get(network) is not None:
                 config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
+
+
+# steer targets were once a choice; "shuffled" (the batch's rows shuffled) is the one kept
+RETIRED_OPTIONS = {"steer_targets": "shuffled"}
+
+
+def upgraded_config(config: dict) -> dict:
+    """A saved CVAE's config in today's form, so that every model in a registry still loads
+    (a rollback may go to any of them): weights saved as flat keywords (`beta`,
+    `steer_weight`, ...) move into `loss_weights`, and retired options are dropped when
+    they hold the value that is now built in."""
+    config = dict(config)
+    fields = {field.name for field in dataclasses.fields(LossWeights)}
+    flat = {key: key.removesuffix("_weight") for key in config if key.removesuffix("_weight") in fields}
+    if flat:
+        weights = dict(config.get("loss_weights") or {})
+        weights.update({field: config.pop(key) for key, field in flat.items()})
+        config["loss_weights"] = weights
+    for option, built_in in RETIRED_OPTIONS.items():
+        if option in config and config[option] == built_in:
+            del config[option]
+    return config
 
 
 def cross_correlation(z_mean, condition):
