@@ -325,7 +325,9 @@ def upgraded_config(config: dict) -> dict:
     they hold the value that is now built in."""
     config = dict(config)
     fields = {field.name for field in dataclasses.fields(LossWeights)}
-    flat = {key: key.removesuffix("_weight") for key in config if key.removesuffix("_weight") in fields}
+    networks = {"encoder", "decoder", "critic", "adversary"}  # config keys of their own, not weights
+    flat = {key: key.removesuffix("_weight") for key in config
+            if (key.endswith("_weight") and key.removesuffix("_weight") in fields) or (key in fields - networks)}
     if flat:
         weights = dict(config.get("loss_weights") or {})
         weights.update({field: config.pop(key) for key, field in flat.items()})
