@@ -51,13 +51,14 @@ def missing(what: str, how: str):
     pytest.skip(message)
 
 
-def wait_for(ready, what: str, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    deadline = time.monotonic() + READY_SECONDS
+def wait_for(ready, what: str, process: subprocess.Popen | None = None, log: Path | None = None,
+             seconds: float = READY_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
     while not ready():
         if process is not None and process.poll() is not None:
             pytest.fail(f"{what} exited with {process.returncode}:\n{log.read_text()[-5000:] if log else ''}")
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} not ready after {READY_SECONDS}s:\n{log.read_text()[-5000:] if log else ''}")
+            pytest.fail(f"{what} not ready after {seconds:g}s:\n{log.read_text()[-5000:] if log else ''}")
         time.sleep(0.1)
 
 

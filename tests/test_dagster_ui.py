@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from cvae.figures import CAPTIONS
 from orchestration.assets import OWNERS, STAGE_ASSETS
 from orchestration.instance import write_instance_settings
 from tests.conftest import BIN, make_dvc_repo, stage_env, tiny_params_dict
+from tests.servers import free_ports
 from tests.test_dagster import WIDE
 
 # a real `dagster dev` materializing every asset: minutes
@@ -179,12 +179,6 @@ class Dagster:
         return self.log.read_text(errors="replace")[-chars:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_until_loaded(dagster: Dagster, server: subprocess.Popen) -> tuple[str, str]:
     """Poll until the webserver answers and its code location has loaded; (location, repository)."""
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -228,7 +222,7 @@ def _stop(server: subprocess.Popen) -> None:
 def dagster_dev(repo: Path, home: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[Dagster]:
     """`dagster dev` (webserver, daemon, code server) for `repo` with the instance in `home`,
     as `make ui` starts it, from the project folder, in a session of its own to stop as one group."""
-    port = _free_port()
+    port = free_ports(1)[0]
     dagster = Dagster(url=f"http://127.0.0.1:{port}", log=log, project=repo)
     env = {**stage_env(), **(env or {}), "DAGSTER_HOME": str(home), "CVAE_PROJECT_DIR": str(repo)}
     with dagster.log.open("a") as out:

@@ -5,7 +5,6 @@ every other step on the default queue's worker."""
 from __future__ import annotations
 
 import subprocess
-import time
 
 import dagster as dg
 import pytest
@@ -14,7 +13,7 @@ import yaml
 from orchestration.assets import STAGE_ASSETS
 from orchestration.instance import write_instance_settings
 from tests.conftest import BIN, dvc_changes, make_dvc_repo, stage_env, tiny_params_dict
-from tests.servers import READY_SECONDS, redis_server, stop_group
+from tests.servers import redis_server, stop_group, wait_for
 from tests.test_dagster import WIDE
 
 WORKERS = {"cpu": "dagster", "gpu": "gpu"}  # worker name -> queue (dagster-celery's default queue: dagster)
@@ -45,10 +44,8 @@ def test_the_train_step_runs_on_the_gpu_queue_and_the_rest_on_the_default_one(tm
                          "-y", str(worker_config), "-q", queue, "-n", name, "--",
                          "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat"],
                         cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            deadline = time.monotonic() + READY_SECONDS
-            while not all(" ready." in log.read_text() for log in logs.values()):
-                assert time.monotonic() < deadline, "\n".join(log.read_text()[-3000:] for log in logs.values())
-                time.sleep(0.25)
+            for worker, log in zip(workers, logs.values(), strict=True):
+                wait_for(lambda log=log: " ready." in log.read_text(), f"the celery worker of {log.name}", worker, log)
             result = subprocess.run(
                 [str(BIN / "dagster"), "job", "execute", "-m", "orchestration.definitions", "-j", "retrain_on_celery",
                  "--op-selection", ",".join(STAGE_ASSETS[stage].name for stage in STAGES)],

@@ -8,7 +8,6 @@ import http.client
 import io
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from email.message import Message
@@ -25,7 +24,7 @@ from cvae.registry.store import file_md5
 from cvae.studio import MAX_UPLOAD_BYTES, SLIDER_LIMIT
 from tests.browser import chromium
 from tests.conftest import BIN, stage_env, tiny_cvae
-from tests.servers import free_ports, stop_group
+from tests.servers import free_ports, stop_group, wait_for
 
 NAMES = ["Male", "Smiling", "Eyeglasses", "Bald"]
 TABLE = np.array([[1, -1, 1, -1], [-1, 1, -1, -1], [1, 1, -1, 1], [-1, -1, 1, -1]], dtype=np.float32)
@@ -67,15 +66,15 @@ def studio(tmp_path_factory):
              "--port", str(port)],
             cwd=root, env=stage_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_SECONDS
-    while True:
+
+    def answers() -> bool:
         try:
             urllib.request.urlopen(f"{url}/api/model", timeout=2).close()
-            break
         except OSError:
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+            return False
+        return True
+
+    wait_for(answers, "cvae studio", server, log, seconds=READY_SECONDS)  # TensorFlow and the model load first
     try:
         yield SimpleNamespace(url=url, log=log, server=server, **vars(files))
     finally:
