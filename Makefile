@@ -24,6 +24,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DAGSTER_HOME := $(CURDIR)/.dagster
 PIP_FLAGS := --quiet --disable-pip-version-check
 UV_FLAGS := --quiet --python $(PYTHON)
+# Installs compile every module to bytecode once: Python would otherwise compile TensorFlow's
+# thousands of modules afresh in each process wherever PYTHONDONTWRITEBYTECODE is set, which
+# doubles the start of every `cvae` command and of every pipeline stage (docs/pipeline.md).
+UV_INSTALL := --compile-bytecode
 
 .PHONY: setup lock run test ui studio bench clean
 
@@ -35,13 +39,13 @@ $(UV):
 	test -x $(UV_VENV)/bin/python || $(PYTHON) -m venv $(UV_VENV)
 	$(UV_VENV)/bin/pip install $(PIP_FLAGS) "uv==$(UV_VERSION)"
 
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync $(UV_FLAGS) --locked $(EXTRAS)
+$(VENV)/.installed: pyproject.toml uv.lock Makefile | $(UV)
+	$(UV) sync $(UV_FLAGS) $(UV_INSTALL) --locked $(EXTRAS)
 	touch $@
 
-$(DVC_VENV)/.installed: dvc-requirements.txt | $(UV)
+$(DVC_VENV)/.installed: dvc-requirements.txt Makefile | $(UV)
 	test -x $(DVC_VENV)/bin/python || $(UV) venv $(UV_FLAGS) $(DVC_VENV)
-	$(UV) pip sync --quiet --python $(DVC_VENV)/bin/python dvc-requirements.txt
+	$(UV) pip sync --quiet $(UV_INSTALL) --python $(DVC_VENV)/bin/python dvc-requirements.txt
 	touch $@
 
 # Re-pin after changing pyproject.toml's dependencies or DVC_VERSION.
@@ -57,9 +61,11 @@ run: setup
 # Test files run side by side, one per worker (--dist loadfile keeps a file's module
 # fixtures in one process): two workers on two cores take 9.4 min where one took 15.5; a
 # third made the whole suite slower (29.3 min against 26.9), its pipelines competing for CPU.
+# Files are handed out in the order tests/conftest.py sets (the slow ones first), not
+# xdist's default of the files with the most tests first.
 PYTEST_WORKERS ?= auto
 test: setup
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The Dagster UI (webserver and daemon) on 127.0.0.1, with a persistent DAGSTER_HOME. Its
 # dagster.yaml follows the environment: SQLite there by default, PostgreSQL and S3 step logs
@@ -73,7 +79,7 @@ studio: setup
 	$(VENV)/bin/cvae studio
 
 $(VENV)/.bench-installed: $(VENV)/.installed
-	$(UV) sync $(UV_FLAGS) --locked $(EXTRAS) --extra bench
+	$(UV) sync $(UV_FLAGS) $(UV_INSTALL) --locked $(EXTRAS) --extra bench
 	touch $@
 
 # Speed and memory, measured side by side (benchmarks/): figures, not pass/fail.

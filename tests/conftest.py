@@ -44,6 +44,14 @@ def pytest_configure(config):
     configure_cpu_threads()
 
 
+def pytest_collection_modifyitems(config, items):
+    # Files holding a slow test (whole pipelines, servers, training) go first, so that under
+    # `make test` (--dist loadfile, --no-loadscope-reorder) no long file starts last while
+    # the other workers sit idle; the order within each group stays the collection order.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 def merged(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():

@@ -208,7 +208,7 @@ def _stop(server: subprocess.Popen) -> None:
     all of them share its process group."""
     try:
         os.killpg(server.pid, signal.SIGTERM)  # dagster dev shuts its children down on SIGTERM
-        server.wait(timeout=30)
+        server.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:
