@@ -39,3 +39,19 @@ def test_the_virtualenvs_dvc_is_the_pinned_version():
     dvc = PROJECT / ".venv" / "bin" / "dvc"
     version = subprocess.run([dvc, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     assert version == pinned
+
+
+def test_both_virtualenvs_are_installed_compiled_to_bytecode():
+    """Where PYTHONDONTWRITEBYTECODE is set, a module without bytecode is compiled again in
+    every process: TensorFlow's import alone then takes twice as long in every stage."""
+    if Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve():
+        pytest.skip("checks the project's own virtualenvs, which `make setup` installs")
+    import importlib.util
+
+    import tensorflow
+
+    python = PROJECT / ".venv-dvc" / "bin" / "python"
+    dvc_module = subprocess.run([python, "-c", "import dvc.repo; print(dvc.repo.__file__)"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    for module in (tensorflow.__file__, dvc_module):
+        assert Path(importlib.util.cache_from_source(module)).is_file(), f"no bytecode for {module}"
