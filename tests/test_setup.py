@@ -1,6 +1,7 @@
 """The environment is the locked one: `make setup` installs exactly what uv.lock and
 dvc-requirements.txt pin, so two set-ups a month apart train the same model."""
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -12,14 +13,16 @@ import pytest
 
 from tests.conftest import PROJECT
 
+needs_project_venv = pytest.mark.skipif(Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve(),
+                                        reason="checks the project's own virtualenvs, which `make setup` installs")
+
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+@needs_project_venv
 def test_every_installed_package_the_lock_names_has_the_locked_version():
-    if Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve():
-        pytest.skip("checks the project's own .venv, which `make setup` installs")
     locked = {}  # a universal lock may pin a package once per range of Python versions
     for package in tomllib.loads((PROJECT / "uv.lock").read_text())["package"]:
         locked.setdefault(_canonical(package["name"]), set()).add(package.get("version"))
@@ -31,23 +34,19 @@ def test_every_installed_package_the_lock_names_has_the_locked_version():
     assert not wrong, f"installed (left) differs from uv.lock (right): {wrong}"
 
 
+@needs_project_venv
 def test_the_virtualenvs_dvc_is_the_pinned_version():
     """With .venv active, `dvc` is DVC's own virtualenv's, at the version pinned."""
-    if Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve():
-        pytest.skip("checks the project's own .venv, which `make setup` installs")
     pinned = re.search(r"^dvc==([\w.]+)", (PROJECT / "dvc-requirements.txt").read_text(), re.M).group(1)
     dvc = PROJECT / ".venv" / "bin" / "dvc"
     version = subprocess.run([dvc, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     assert version == pinned
 
 
+@needs_project_venv
 def test_both_virtualenvs_are_installed_compiled_to_bytecode():
     """Where PYTHONDONTWRITEBYTECODE is set, a module without bytecode is compiled again in
     every process: TensorFlow's import alone then takes twice as long in every stage."""
-    if Path(sys.prefix).resolve() != (PROJECT / ".venv").resolve():
-        pytest.skip("checks the project's own virtualenvs, which `make setup` installs")
-    import importlib.util
-
     import tensorflow
 
     python = PROJECT / ".venv-dvc" / "bin" / "python"
