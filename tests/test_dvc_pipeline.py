@@ -53,10 +53,12 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced):
     assert all(0.0 <= value <= 1.0 for value in metrics["fidelity"].values())
     assert set(metrics["reconstruction_fidelity"]) == {"mean", *VISIBLE_ATTRIBUTES}
     assert set(metrics["edit"]) == {"mean", *VISIBLE_ATTRIBUTES}
-    assert set(metrics["edit"]["Smiling"]) == set(metrics["edit"]["mean"]) == {"success", "others_kept", "pixel_mse"}
+    assert set(metrics["edit"]["Smiling"]) == set(metrics["edit"]["mean"]) == {"success", "others_kept", "pixel_mse",
+                                                                                  "success_ceiling"}
     classifier = json.loads((repo / "reports/classifier.json").read_text())
     assert set(classifier["attributes"]) == set(VISIBLE_ATTRIBUTES)
-    assert set(classifier["attributes"]["Smiling"]) == {"accuracy", "balanced_accuracy", "prevalence"}
+    assert set(classifier["attributes"]["Smiling"]) == {"accuracy", "balanced_accuracy", "prevalence", "recall_present",
+                                                          "recall_absent", "threshold"}
     assert (repo / "models/cvae.keras").stat().st_size > 0
     for name in CAPTIONS:
         with Image.open(repo / "reports/figures" / name) as image:

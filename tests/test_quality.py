@@ -126,10 +126,14 @@ def test_the_classifier_is_scored_per_attribute_with_balanced_accuracy(tmp_path)
                           [f"{i}.jpg" for i in range(10)], NAMES)
     report = score_classifier(classifier(), split, batch_size=4)
     scores = report["attributes"]
-    assert scores["Bright"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 0.3}
-    assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0}
+    assert scores["Bright"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 0.3,
+                                "recall_present": 1.0, "recall_absent": 1.0, "threshold": 0.0}
+    # no face lacks "Always": its recall on such faces is unknown, not zero
+    assert scores["Always"] == {"accuracy": 1.0, "balanced_accuracy": 1.0, "prevalence": 1.0,
+                                "recall_present": 1.0, "recall_absent": None, "threshold": 0.0}
     # "Never" says -1 to everything: right on 7 of 10, but on none of the +1 faces
-    assert scores["Never"] == {"accuracy": 0.7, "balanced_accuracy": 0.5, "prevalence": 0.3}
+    assert scores["Never"] == {"accuracy": 0.7, "balanced_accuracy": 0.5, "prevalence": 0.3,
+                               "recall_present": 0.0, "recall_absent": 1.0, "threshold": 0.0}
     assert (report["mean_accuracy"], report["mean_balanced_accuracy"]) == (0.9, pytest.approx(2.5 / 3, abs=1e-4))
 
 
@@ -140,3 +144,34 @@ def test_reconstruction_fidelity_compares_the_classifier_on_reconstructions_with
     assert ceiling == {"Bright": 1.0, "Always": 0.5, "Never": 0.5}
     blind = reconstruction_fidelity(brightness_cvae(uses_condition=False), classifier(), held_out, ["Bright"], 8)
     assert blind == {"Bright": 0.5}
+
+
+def test_an_edit_s_ceiling_is_the_classifier_s_recall_on_real_faces_of_the_value_it_asks_for(held_out):
+    from cvae.quality.classifier import score_classifier
+
+    recalls = score_classifier(classifier(), held_out, batch_size=8)["attributes"]
+    result = edit_success(brightness_cvae(), classifier(), held_out, ["Always", "Never"], NAMES, count=20, seed=0,
+                          batch_size=8, recalls=recalls)
+    rows = np.sort(np.random.default_rng(0).choice(40, 20, replace=False))
+    # "Always" is seen on every real face that has it and on none that lacks it: only the
+    # edits that add it can succeed, whatever the model draws
+    added = float((held_out.attributes[rows, 1] == -1).mean())
+    assert 0 < added < 1
+    assert result["Always"]["success_ceiling"] == pytest.approx(added)
+    # "Never" the other way round
+    assert result["Never"]["success_ceiling"] == pytest.approx(float((held_out.attributes[rows, 2] == 1).mean()))
+
+
+def test_an_edit_towards_a_value_no_real_face_has_has_no_ceiling(held_out):
+    from cvae.quality.classifier import score_classifier
+    from cvae.registry.gate import flatten
+
+    never_bright = PreparedSplit(held_out.images, np.where(np.arange(3) == 0, -1, held_out.attributes).astype(np.int8),
+                                 held_out.image_ids, NAMES)
+    recalls = score_classifier(classifier(), never_bright, batch_size=8)["attributes"]
+    result = edit_success(brightness_cvae(), classifier(), never_bright, ["Bright"], NAMES, count=20, seed=0,
+                          batch_size=8, recalls=recalls)
+    assert result["Bright"]["success"] == 1.0 and result["Bright"]["success_ceiling"] is None
+    # the gate and Dagster's metadata read the metrics flattened: an unknown figure is left out
+    assert flatten({"edit": result}) == {"edit/Bright/success": 1.0, "edit/Bright/others_kept": 1.0,
+                                         "edit/Bright/pixel_mse": pytest.approx(result["Bright"]["pixel_mse"])}

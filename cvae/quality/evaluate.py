@@ -16,6 +16,7 @@ from cvae.core.config import Params
 from cvae.core.errors import CvaeError
 from cvae.core.progress import progress
 from cvae.data.dataset import load_split, tf_dataset, to_unit_range
+from cvae.quality.classifier import score_classifier
 from cvae.quality.fidelity import attribute_fidelity, check_classifier, edit_success, reconstruction_fidelity
 from cvae.quality.samples import sample_quality
 
@@ -87,10 +88,13 @@ def score(params: Params, prepared_dir: str | Path, model, classifier) -> dict:
     ceiling = reconstruction_fidelity(model, classifier, test, judged, e.batch_size)
     metrics["reconstruction_fidelity"] = {"mean": _round(np.mean(list(ceiling.values()))),
                                           **{name: _round(value) for name, value in ceiling.items()}}
-    edits = edit_success(model, classifier, test, edited, judged, e.edit_images, params.seed, e.batch_size)
-    metrics["edit"] = {name: {key: _round(value) for key, value in result.items()} for name, result in edits.items()}
+    # the classifier's recalls on real held-out faces: what an edit's success reads against
+    recalls = score_classifier(classifier, test, e.batch_size)["attributes"]
+    edits = edit_success(model, classifier, test, edited, judged, e.edit_images, params.seed, e.batch_size, recalls)
+    metrics["edit"] = {name: {key: _round_or_none(value) for key, value in result.items()}
+                       for name, result in edits.items()}
     # over the edited attributes: what the gate reads when params name none
-    metrics["edit"]["mean"] = {key: _round(np.mean([result[key] for result in edits.values()]))
+    metrics["edit"]["mean"] = {key: _mean_or_none([result[key] for result in edits.values()])
                                for key in next(iter(edits.values()))}
     samples = sample_quality(model, classifier, test, params.seed, e.batch_size)
     metrics["samples"] = {
@@ -113,6 +117,15 @@ def score(params: Params, prepared_dir: str | Path, model, classifier) -> dict:
 
 def _round(value: float) -> float:
     return round(float(value), 4)
+
+
+def _round_or_none(value: float | None) -> float | None:
+    return None if value is None else _round(value)
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """The mean, or None where a value is missing (a mean over some would mislead)."""
+    return None if any(value is None for value in values) else _round(np.mean(values))
 
 
 def _significant(value: float) -> float:

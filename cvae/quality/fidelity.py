@@ -64,11 +64,18 @@ def reconstruction_fidelity(model, classifier: AttributeClassifier, split: Prepa
 
 
 def edit_success(model, classifier: AttributeClassifier, split: PreparedSplit, attributes: list[str],
-                 judged: list[str], count: int, seed: int, batch_size: int) -> dict[str, dict[str, float]]:
+                 judged: list[str], count: int, seed: int, batch_size: int,
+                 recalls: dict[str, dict] | None = None) -> dict[str, dict[str, float | None]]:
     """Encode held-out faces with their attributes, flip one attribute, decode. Per flipped
     attribute: how often the classifier sees the flip, how often it sees every other judged
     attribute as it saw it on the plain reconstruction, and the pixel MSE to that
-    reconstruction."""
+    reconstruction.
+
+    With `recalls` (cvae.quality.classifier.score_classifier's per-attribute report on real
+    held-out faces), also `success_ceiling`: the success a perfect edit, one as plain as a
+    real face's, would score, since the classifier sees a real face's attribute only as often
+    as its recall for that value. For a rare attribute nearly every edit adds it, so its
+    ceiling is the classifier's recall on real faces that have it."""
     rows = np.sort(np.random.default_rng(seed).choice(len(split), min(count, len(split)), replace=False))
     images = split.unit_images(rows)
     condition = np.asarray(split.attributes[rows], dtype=np.float32)
@@ -89,7 +96,17 @@ def edit_success(model, classifier: AttributeClassifier, split: PreparedSplit, a
             "others_kept": float((seen[:, others] == seen_plain[:, others]).mean()) if others else 1.0,
             "pixel_mse": float(np.square(edited - plain).mean()),
         }
+        if recalls is not None:
+            results[name]["success_ceiling"] = _success_ceiling(recalls[name], flipped[:, column])
     return results
+
+
+def _success_ceiling(recall: dict, asked: np.ndarray) -> float | None:
+    """The mean over edits of the classifier's recall on real faces of the value each asks
+    for; None where no real face has a value that some edit asks for."""
+    by_value = {1.0: recall["recall_present"], -1.0: recall["recall_absent"]}
+    wanted = [by_value[float(value)] for value in asked]
+    return None if any(value is None for value in wanted) else float(np.mean(wanted))
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:

@@ -11,12 +11,14 @@ from cvae.core.errors import CvaeError
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """{"edit": {"Smiling": {"success": 0.9}}} -> {"edit/Smiling/success": 0.9}"""
+    """{"edit": {"Smiling": {"success": 0.9}}} -> {"edit/Smiling/success": 0.9}; a null
+    (a figure the data could not give, such as a recall where no face has the value) is
+    left out."""
     flat = {}
     for name, value in metrics.items():
         if isinstance(value, dict):
             flat.update(flatten(value, f"{prefix}{name}/"))
-        else:
+        elif value is not None:
             flat[f"{prefix}{name}"] = float(value)
     return flat
 
