@@ -59,6 +59,8 @@ def test_repro_runs_every_stage_and_writes_the_outputs(reproduced):
     assert set(classifier["attributes"]) == set(VISIBLE_ATTRIBUTES)
     assert set(classifier["attributes"]["Smiling"]) == {"accuracy", "balanced_accuracy", "prevalence", "recall_present",
                                                           "recall_absent", "threshold"}
+    # read at thresholds fitted on the validation faces, not at even odds
+    assert any(scores["threshold"] != 0 for scores in classifier["attributes"].values())
     assert (repo / "models/cvae.keras").stat().st_size > 0
     for name in CAPTIONS:
         with Image.open(repo / "reports/figures" / name) as image:

@@ -6,7 +6,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from cvae.core.errors import CvaeError
-from cvae.model.cvae import CVAE, LossWeights, load_cvae
+from cvae.model.cvae import CVAE, LOG_VARIANCE_BOUNDS, LossWeights, load_cvae
 from tests.conftest import tiny_cvae
 
 
@@ -24,8 +24,25 @@ def test_kl_reads_the_encoder_output_as_log_variance(model):
     images, condition = batch(5)
     z_mean, z_log_var = (np.asarray(t, dtype=np.float64) for t in model.encoder([images, condition]))
     _, kl, _ = model.terms(images, condition)
+    low, high = LOG_VARIANCE_BOUNDS
+    z_log_var = high - np.log1p(np.exp(high - z_log_var))  # held within the bounds, as training does
+    z_log_var = low + np.log1p(np.exp(z_log_var - low))
     expected = 0.5 * np.sum(np.exp(z_log_var) + z_mean**2 - 1.0 - z_log_var, axis=-1)
     np.testing.assert_allclose(np.asarray(kl), expected, rtol=1e-4)
+
+
+def test_a_runaway_log_variance_is_held_at_its_bound_and_keeps_the_kl_finite():
+    runaway = tiny_cvae()
+    layer = runaway.encoder.get_layer("z_log_var")
+    kernel, bias = layer.get_weights()
+    images, condition = batch(4)
+    for value, bound in ((200.0, LOG_VARIANCE_BOUNDS[1]), (-200.0, LOG_VARIANCE_BOUNDS[0])):  # e^200: inf
+        layer.set_weights([np.zeros_like(kernel), np.full_like(bias, value)])
+        nll, kl, _ = (np.asarray(t, dtype=np.float64) for t in runaway.terms(images, condition))
+        assert np.isfinite(nll).all()
+        z_mean = np.asarray(runaway.encoder([images, condition])[0], dtype=np.float64)
+        held = 0.5 * np.sum(np.exp(bound) + z_mean**2 - 1.0 - bound, axis=-1)
+        np.testing.assert_allclose(kl, held, rtol=1e-4)
 
 
 def test_sampling_and_generation_work_for_any_batch_size(model):

@@ -19,6 +19,9 @@ from cvae.model.files import load_keras_file
 from cvae.model.networks import PACKAGE, build_adversary, build_critic, build_decoder, build_encoder
 
 
+LOG_VARIANCE_BOUNDS = (-10.0, 2.0)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Sampling(layers.Layer):
     """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I), for any batch size."""
@@ -135,6 +138,7 @@ class CVAE(keras.Model):
     def _terms(self, images, condition, training):
         images, condition = ops.cast(images, "float32"), ops.cast(condition, "float32")
         z_mean, z_log_var = self.encoder([images, condition], training=training)
+        z_log_var = bounded_log_variance(z_log_var)
         z = self.sampling([z_mean, z_log_var])
         reconstruction = self.decoder([z, condition], training=training)
         dims = math.prod(images.shape[1:])  # static: the image size is fixed by the model
@@ -336,6 +340,16 @@ def upgraded_config(config: dict) -> dict:
         if option in config and config[option] == built_in:
             del config[option]
     return config
+
+
+def bounded_log_variance(log_var, low: float = LOG_VARIANCE_BOUNDS[0], high: float = LOG_VARIANCE_BOUNDS[1]):
+    """The encoder's log-variance held smoothly within [low, high] (soft minimum, then soft
+    maximum; the gradient never vanishes). Unbounded, an early step (the KL weight still near 0)
+    sent some posteriors' variance past 1e9, a KL spike of billions of nats; when one passed
+    float32's range (e^88) training ended in NaN. No posterior needs a variance above the
+    prior's e^0 by much, or one below e^-10."""
+    log_var = high - ops.softplus(high - log_var)
+    return low + ops.softplus(log_var - low)
 
 
 def cross_correlation(z_mean, condition):
