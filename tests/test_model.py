@@ -267,6 +267,50 @@ def test_the_critic_learns_that_decoded_faces_lack_what_they_were_asked_to_show(
     np.testing.assert_array_equal(np.asarray(off._steer_terms(images, condition, z, training=False)[2]), 0.0)
 
 
+def test_flipped_steer_targets_are_each_face_s_own_attributes_with_one_covered_attribute_flipped():
+    condition = np.random.default_rng(0).choice([-1.0, 1.0], size=(256, 3)).astype("float32")
+    mask = np.array([1.0, 0.0, 1.0], "float32")
+    model = _steered(50.0, list(mask))
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=0.5)
+    target, flipped = (np.asarray(t) for t in model.steer_targets(condition, mask))
+    rows = flipped[:, 0]
+    assert 0.35 < rows.mean() < 0.65  # about the share asked for
+    changed = target[rows] != condition[rows]
+    assert (changed.sum(axis=1) == 1).all() and not changed[:, 1].any()  # one, never the uncovered one
+    assert 0.35 < changed[:, 0].mean() < 0.65  # drawn evenly from the covered ones
+    # the others are whole rows of the batch (shuffled), as without the share
+    rows_of_batch = {tuple(row) for row in condition}
+    assert all(tuple(row) in rows_of_batch for row in target[~rows])
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=0.0)
+    assert not np.asarray(model.steer_targets(condition, mask)[1]).any()
+
+
+def test_the_critic_s_lesson_on_a_flipped_face_covers_only_the_flipped_attribute():
+    images, _ = batch(8)
+    condition = np.tile(np.array([[1.0, 1.0, 1.0]], "float32"), (8, 1))  # every attribute asked for
+    z = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    model = _steered(50.0, critic_fake_weight=2.0)
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=1.0)
+    _, _, fake = (np.asarray(t) for t in model._steer_terms(images, condition, z, training=False))
+    # every face is flipped from +1 to -1 in one attribute: none asks for one it lacks
+    np.testing.assert_array_equal(fake, 0.0)
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=0.0)
+    _, _, shuffled = (np.asarray(t) for t in model._steer_terms(images, condition, z, training=False))
+    assert (shuffled > 0).all()  # another face's attributes (here the same): all three are lessons
+    lacking = -condition
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=1.0)
+    _, _, one = (np.asarray(t) for t in model._steer_terms(images, lacking, z, training=False))
+    # flipped from -1 to +1: one lesson each, fewer than the three a face asking for all would get
+    assert (one > 0).all() and (one < shuffled).all()
+
+
+def test_a_model_steered_with_flipped_targets_round_trips_with_its_share(tmp_path):
+    model = _steered(5.0)
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=0.25)
+    model.save(tmp_path / "m.keras")
+    assert load_cvae(tmp_path / "m.keras").loss_weights.steer_flip == 0.25
+
+
 def test_the_critics_lesson_on_decoded_faces_trains_the_critic_and_not_the_decoder():
     images, condition = batch(32)
     plain = _one_step(_steered(50.0), images, condition)

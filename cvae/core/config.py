@@ -72,6 +72,8 @@ class TrainParams(_Section):
     critic_fake_weight: float = Field(0.5, ge=0.0)
     # attributes the steer term covers; empty: every attribute
     steer_attributes: list[str] = []
+    # share of the steer term's faces decoded with their own attributes and one flipped
+    steer_flip_share: float = Field(0.0, ge=0.0, le=1.0)
     adversary_weight: float = Field(0.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     lr_min_fraction: float = Field(0.02, ge=0.0, le=1.0)

@@ -49,7 +49,8 @@ class LossWeights:
     `decoder_std` on [0, 1] pixels, plus `beta` times the KL (ramped up from 0 over the
     first `kl_warmup_steps` optimizer steps), plus each further term times its weight.
     `steer_mask` picks the attributes the steer term covers (1) and leaves out (0); None
-    covers every one. A zero `steer` weight leaves the critic out, a zero `adversary`
+    covers every one. `steer_flip` is the share of the steer term's faces decoded with their
+    own attributes and one covered attribute flipped (the rest: another face's). A zero `steer` weight leaves the critic out, a zero `adversary`
     weight the adversary."""
 
     beta: float = 1.0
@@ -60,6 +61,7 @@ class LossWeights:
     steer: float = 0.0
     critic_fake: float = 0.0
     adversary: float = 0.0
+    steer_flip: float = 0.0
     steer_mask: tuple[float, ...] | None = None
 
     def __post_init__(self):
@@ -212,10 +214,10 @@ class CVAE(keras.Model):
         their own), only that a decoded one does not count until it looks like the real
         ones. Learning from real faces alone, it saw a smile in 96% of the faces given one
         where the classifier saw 42%, and the steer term had nothing left to teach."""
-        target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
-        edited = self.decoder([ops.stop_gradient(z), target], training=training)
         w = self.loss_weights
         mask = ops.convert_to_tensor(w.steer_mask or [1.0] * self.n_attributes, "float32")
+        target, flipped = self.steer_targets(condition, mask)
+        edited = self.decoder([ops.stop_gradient(z), target], training=training)
 
         def cross_entropy(logits, attributes):
             labels = (attributes + 1.0) / 2.0  # -1/+1 to 0/1
@@ -233,8 +235,30 @@ class CVAE(keras.Model):
         # it reaches the decoder through `edited`
         logits = ops.cast(edited_logits, "float32")
         asked = ops.cast(target > 0, "float32") * mask
+        # a flipped face asks for its own attributes but one, which its decoding shows as the
+        # real face does: only the flipped one is a lesson
+        asked = ops.where(flipped, asked * ops.cast(target != condition, "float32"), asked)
         absent = ops.binary_crossentropy(ops.zeros_like(logits), logits, from_logits=True)
         return steer, critic_real, ops.sum(absent * asked, axis=-1)
+
+    def steer_targets(self, condition, mask):
+        """The attributes the steer term decodes each face with, and which faces (a column of
+        booleans) have their own with one attribute flipped.
+
+        Another face's attributes (the batch's rows shuffled) are plausible combinations:
+        what sampling asks for. An edit asks for a face's own attributes with one flipped
+        (glasses on a young woman wearing lipstick), combinations the data may never show;
+        a share `steer_flip` of the faces are decoded so, the attribute flipped drawn
+        uniformly from those the mask covers."""
+        target = keras.random.shuffle(condition, axis=0, seed=self.steer_seed_generator)
+        share = self.loss_weights.steer_flip
+        if not share:
+            return target, ops.zeros_like(condition[:, :1], dtype="bool")
+        scores = keras.random.uniform(ops.shape(condition), seed=self.steer_seed_generator) * mask
+        one = ops.one_hot(ops.argmax(scores, axis=-1), ops.shape(condition)[-1], dtype="float32")
+        flipped = keras.random.uniform(ops.shape(condition)[:1], seed=self.steer_seed_generator) < share
+        flipped = ops.expand_dims(flipped, -1)
+        return ops.where(flipped, condition * (1.0 - 2.0 * one), target), flipped
 
     def _adversary_terms(self, z_mean, condition, training):
         """Per image: the adversary's cross-entropy on the true attributes (its lesson) and

@@ -125,6 +125,7 @@ def new_model(params: Params, train_split: PreparedSplit, steps_per_epoch: int) 
             edge=p.edge_weight,
             steer=p.steer_weight,
             critic_fake=p.critic_fake_weight,
+            steer_flip=p.steer_flip_share,
             adversary=p.adversary_weight,
             steer_mask=_steer_mask(p.steer_attributes, train_split.attribute_names),
         ),
