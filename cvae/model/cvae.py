@@ -18,7 +18,6 @@ from keras import layers, ops
 from cvae.model.files import load_keras_file
 from cvae.model.networks import PACKAGE, build_adversary, build_critic, build_decoder, build_encoder
 
-
 LOG_VARIANCE_BOUNDS = (-10.0, 2.0)
 
 
