@@ -169,10 +169,7 @@ def score_classifier(classifier: AttributeClassifier, split: PreparedSplit, batc
     recalls) and each recall (None where no face has that value). Balanced accuracy is what
     matters for a rare attribute, and it is the ceiling against which the fidelity of
     generated faces reads; the recalls are the ceilings of edits towards each value."""
-    predicted = np.concatenate([
-        predict_attributes(classifier, split.unit_images(slice(start, start + batch_size)), batch_size)
-        for start in range(0, len(split), batch_size)
-    ])
+    predicted = np.where(predict_logits(classifier, split, batch_size) > 0, 1, -1)
     truth = np.asarray(split.attributes)
     per_attribute = {}
     for index, name in enumerate(split.attribute_names):
