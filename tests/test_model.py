@@ -304,6 +304,25 @@ def test_the_critic_s_lesson_on_a_flipped_face_covers_only_the_flipped_attribute
     assert (one > 0).all() and (one < shuffled).all()
 
 
+def test_the_steer_term_reads_a_flipped_face_on_the_flipped_attribute_alone():
+    images, _ = batch(8)
+    condition = np.tile(np.array([[1.0, 1.0, 1.0]], "float32"), (8, 1))
+    z = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    model = _steered(50.0, [1.0, 1.0, 0.0])
+    model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=1.0)
+    steer = np.asarray(model._steer_terms(images, condition, z, training=False)[0])
+    # each face has attribute 0 or 1 flipped to -1: its term is the critic's cross-entropy
+    # against "absent" on that one, log(1 + e^logit), not a sum over both covered ones
+    candidates = []
+    for column in (0, 1):
+        target = condition.copy()
+        target[:, column] = -1.0
+        logits = np.asarray(model.critic(model.decoder([z, target])))
+        candidates.append(np.logaddexp(0.0, logits[:, column]))
+    nearest = np.min([np.abs(steer - candidate) / candidate for candidate in candidates], axis=0)
+    assert (nearest < 1e-4).all(), (steer, candidates)
+
+
 def test_a_model_steered_with_flipped_targets_round_trips_with_its_share(tmp_path):
     model = _steered(5.0)
     model.loss_weights = dataclasses.replace(model.loss_weights, steer_flip=0.25)

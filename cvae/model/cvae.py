@@ -49,8 +49,9 @@ class LossWeights:
     first `kl_warmup_steps` optimizer steps), plus each further term times its weight.
     `steer_mask` picks the attributes the steer term covers (1) and leaves out (0); None
     covers every one. `steer_flip` is the share of the steer term's faces decoded with their
-    own attributes and one covered attribute flipped (the rest: another face's). A zero `steer` weight leaves the critic out, a zero `adversary`
-    weight the adversary."""
+    own attributes and one covered attribute flipped, and judged on that one (the rest:
+    another face's, judged on every covered one). A zero `steer` weight leaves the critic
+    out, a zero `adversary` weight the adversary."""
 
     beta: float = 1.0
     decoder_std: float = 0.1
@@ -217,26 +218,30 @@ class CVAE(keras.Model):
         mask = ops.convert_to_tensor(w.steer_mask or [1.0] * self.n_attributes, "float32")
         target, flipped = self.steer_targets(condition, mask)
         edited = self.decoder([ops.stop_gradient(z), target], training=training)
+        # A flipped face is read on the flipped attribute alone. Its others are the face's
+        # own, which the decoder keeps from z and c as in its reconstruction; asking the
+        # critic to see them too set the attributes it reads through one another against
+        # the flip: on real faces a smile is read from the cheekbones as well, so "smiling,
+        # without high cheekbones" asked the decoder for a smile and for none.
+        read = ops.where(flipped, mask * ops.cast(target != condition, "float32"), mask)
 
-        def cross_entropy(logits, attributes):
+        def cross_entropy(logits, attributes, covered):
             labels = (attributes + 1.0) / 2.0  # -1/+1 to 0/1
             per_attribute = ops.binary_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
-            return ops.sum(per_attribute * mask, axis=-1)
+            return ops.sum(per_attribute * covered, axis=-1)
 
         real = ops.cast(images, "float32")
         edited_logits = self.critic(edited, training=training)
-        steer = cross_entropy(edited_logits, target)
-        critic_real = cross_entropy(self.critic(real, training=training), condition)
+        steer = cross_entropy(edited_logits, target, read)
+        critic_real = cross_entropy(self.critic(real, training=training), condition, mask)
         if not w.critic_fake:
             return steer, critic_real, ops.zeros_like(critic_real)
         # the steer term's critic pass serves the lesson too (one pass fewer per step): the
         # lesson is differentiated for the critic's weights alone (train_step), so nothing of
-        # it reaches the decoder through `edited`
+        # it reaches the decoder through `edited`; on a flipped face it too covers only the
+        # flipped attribute, the others showing as the real face shows them
         logits = ops.cast(edited_logits, "float32")
-        asked = ops.cast(target > 0, "float32") * mask
-        # a flipped face asks for its own attributes but one, which its decoding shows as the
-        # real face does: only the flipped one is a lesson
-        asked = ops.where(flipped, asked * ops.cast(target != condition, "float32"), asked)
+        asked = ops.cast(target > 0, "float32") * read
         absent = ops.binary_crossentropy(ops.zeros_like(logits), logits, from_logits=True)
         return steer, critic_real, ops.sum(absent * asked, axis=-1)
 
