@@ -193,6 +193,8 @@ def _edit(args: argparse.Namespace) -> None:
                      args.model)
     changes = ", ".join(f"{name} {face.before[name]:g} -> {face.after[name]:g}" for name in edits)
     print(f"edit: wrote {face.path} ({changes or 'nothing changed: a reconstruction'})")
+    if face.linked:
+        print(f"edit: note: {face.describe_linked()}")
 
 
 def _crop(params_path: Path | None) -> int | None:
@@ -253,7 +255,9 @@ The image is cropped as the training faces were (data.crop of the params file) a
 to the model's size, encoded under its own attributes (predicted by the classifier, or
 looked up by file name in a CelebA attribute file), and decoded with the attributes you
 --set. The PNG records the source image and the attributes before and after in its text
-chunks.""",
+chunks. Attributes that the training faces show with the change (on CelebA, a smile with
+high cheekbones) and that this face has the other way are named after the edit: the model
+draws an attribute from all of them together, so setting them too makes the change surer.""",
         epilog="example: cvae edit photo.jpg --set Smiling=1 --out smiling.png")
     command.add_argument("image", type=Path, metavar="IMAGE", help="the face: a JPEG or PNG")
     command.add_argument("--set", dest="edits", action="append", default=[], metavar="NAME=VALUE",

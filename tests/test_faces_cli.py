@@ -202,6 +202,52 @@ def test_edit_changes_the_face_only_when_an_attribute_changes(files, capsys, tmp
     assert np.abs(edit("smiling.png", "--set", "Smiling=1") - reconstruction).max() > 0
 
 
+def test_edit_names_the_attributes_the_training_rows_show_against_the_change(files, capsys, tmp_path):
+    # Eyeglasses is the opposite of Smiling in all rows but one (r = -0.82); Bald and
+    # Blond_Hair go with it weakly (r = 0.2)
+    smiling = np.array([1, 1, 1, 1, 1, -1, -1, -1, -1, -1], dtype=np.float32)
+    glasses = -smiling
+    glasses[0] = 1.0
+    rows = np.stack([np.tile([1.0, -1.0], 5), [1, -1, -1, 1, 1, -1, 1, 1, -1, -1], smiling, glasses], axis=1)
+    model = tmp_path / "linked.keras"
+    named_cvae(rows.astype(np.float32)).save(model)
+
+    def edit(*sets: str) -> str:
+        code, stdout, stderr = cvae(capsys, "edit", files.face, *sets, "--out", tmp_path / "e.png",
+                                    "--model", model, "--attrs-from", "file", "--attr-file", files.attr_file)
+        assert code == 0, stderr
+        return stdout
+
+    # face.jpg has Smiling -1 and Eyeglasses +1: a smile goes with no glasses in these rows
+    note = edit("--set", "Smiling=1")
+    assert "edit: note:" in note and "Eyeglasses (r -0.82)" in note and "--set Eyeglasses=-1" in note
+    assert "Bald" not in note.split("note:")[1] and "Blond_Hair" not in note.split("note:")[1]
+    assert "note:" not in edit("--set", "Smiling=-1")  # no change of sign: nothing to go with
+    assert "note:" not in edit("--set", "Smiling=1", "--set", "Eyeglasses=1")  # set by the user
+
+
+def test_linked_attributes_follow_the_sign_of_the_correlation_and_the_edit():
+    from cvae.faces import linked_attributes
+
+    rng = np.random.default_rng(0)
+    base = rng.choice([-1.0, 1.0], 400)
+    noise = rng.random(400)
+    table = np.stack([base, np.where(noise < 0.95, base, -base), np.where(noise < 0.6, base, -base),
+                      rng.choice([-1.0, 1.0], 400)], axis=1)
+    names = ["A", "Strong", "Weak", "Unrelated"]  # r with A: about 0.9, 0.2, 0
+    before = np.array([-1.0, -1.0, -1.0, -1.0])
+    after = np.array([1.0, -1.0, -1.0, -1.0])
+    linked = linked_attributes(table, names, before, after, {"A": 1.0})
+    assert list(linked) == ["Strong"] and linked["Strong"][0] == 1.0 and linked["Strong"][1] > 0.8
+    # already as the edit would have it: nothing named
+    assert linked_attributes(table, names, np.array([-1.0, 1.0, -1.0, -1.0]), after, {"A": 1.0}) == {}
+    # an edit that leaves A's sign as it was changes nothing to go with
+    assert linked_attributes(table, names, after, after, {"A": 1.0}) == {}
+    # the other way round: A to -1 goes with Strong -1
+    assert linked_attributes(table, names, np.array([1.0, 1.0, 1.0, 1.0]), np.array([-1.0, 1.0, 1.0, 1.0]),
+                             {"A": -1.0})["Strong"][0] == -1.0
+
+
 def test_a_failed_write_leaves_no_faces_behind(files, capsys, tmp_path, monkeypatch):
     written = []
 
