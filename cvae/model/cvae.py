@@ -219,10 +219,10 @@ class CVAE(keras.Model):
         target, flipped = self.steer_targets(condition, mask)
         edited = self.decoder([ops.stop_gradient(z), target], training=training)
         # A flipped face is read on the flipped attribute alone. Its others are the face's
-        # own, which the decoder keeps from z and c as in its reconstruction; asking the
-        # critic to see them too set the attributes it reads through one another against
-        # the flip: on real faces a smile is read from the cheekbones as well, so "smiling,
-        # without high cheekbones" asked the decoder for a smile and for none.
+        # own, which the decoder keeps from z and c as in its reconstruction. Read on them
+        # too, the attributes the critic sees through one another would work against the
+        # flip: on real faces a smile shows in the cheekbones as well, so "smiling, without
+        # high cheekbones" would ask the decoder for a smile and for none.
         read = ops.where(flipped, mask * ops.cast(target != condition, "float32"), mask)
 
         def cross_entropy(logits, attributes, covered):
